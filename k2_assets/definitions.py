@@ -1,0 +1,44 @@
+"""The one Definitions object. Resources are chosen from K2_ENV via k2_resources.env."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from k2_assets.bars.assets import bars_1m
+from k2_assets.ticks.assets import raw_ticks, validated_ticks
+from k2_assets.ticks.checks import raw_ticks_offsets_exactly_once
+from k2_assets.ticks.sensors import INGEST_JOB, kafka_ticks_sensor
+from k2_resources.duckdb import DuckDBResource
+from k2_resources.env import Settings, load_settings
+from k2_resources.iceberg import IcebergResource
+from k2_resources.kafka import KafkaResource
+from k2_resources.pipeline import PipelineResource
+
+ingest_job = dg.define_asset_job(
+    INGEST_JOB,
+    selection=dg.AssetSelection.assets(raw_ticks, validated_ticks, bars_1m),
+    description="One Kafka micro-batch through every stage: raw_ticks -> validated_ticks -> bars_1m.",
+)
+
+
+def resources_for(settings: Settings) -> dict[str, object]:
+    return {
+        "kafka": KafkaResource.from_settings(settings),
+        "iceberg": IcebergResource.from_settings(settings),
+        "pipeline": PipelineResource.from_settings(settings),
+        "duckdb": DuckDBResource(),
+    }
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    settings = settings or load_settings()
+    return dg.Definitions(
+        assets=[raw_ticks, validated_ticks, bars_1m],
+        asset_checks=[raw_ticks_offsets_exactly_once],
+        jobs=[ingest_job],
+        sensors=[kafka_ticks_sensor],
+        resources=resources_for(settings),
+    )
+
+
+defs = build_definitions()

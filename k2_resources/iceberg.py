@@ -1,0 +1,217 @@
+"""Iceberg catalog access and the exactly-once ingest writer (ARCHITECTURE.md decision 2)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.table import Table
+
+from k2_resources.env import Settings
+from k2_resources.errors import CommitConflictError, OffsetGapError, TableNotFoundError
+from k2_resources.tables import ALL_TABLES, TableDef
+
+WATERMARK_PROPERTY = "k2.kafka.watermarks"
+BATCH_PROPERTY = "k2.batch-id"
+
+
+@dataclass(frozen=True, order=True)
+class OffsetRange:
+    """Kafka offsets [start, stop) of one partition."""
+
+    topic: str
+    partition: int
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+Watermarks = dict[str, dict[int, int]]  # topic -> partition -> next offset to commit
+
+
+def open_catalog(catalog_uri: str, warehouse: str, name: str = "k2") -> Catalog:
+    if warehouse.startswith("file://"):
+        Path(warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    if catalog_uri.startswith("sqlite:///"):
+        Path(catalog_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return SqlCatalog(name, uri=catalog_uri, warehouse=warehouse)
+
+
+class IcebergResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The Iceberg SQL catalog holding K2's tables."""
+
+    catalog_uri: str
+    warehouse: str
+    namespace: str = "market_data"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IcebergResource:
+        return cls(catalog_uri=settings.catalog_uri, warehouse=settings.warehouse, namespace=settings.namespace)
+
+    def catalog(self) -> Catalog:
+        return open_catalog(self.catalog_uri, self.warehouse)
+
+    def identifier(self, name: str) -> str:
+        return f"{self.namespace}.{name}"
+
+    def ensure_table(self, table_def: TableDef, catalog: Catalog | None = None) -> Table:
+        catalog = catalog or self.catalog()
+        try:
+            catalog.create_namespace(self.namespace)
+        except NamespaceAlreadyExistsError:
+            pass
+        return catalog.create_table_if_not_exists(
+            self.identifier(table_def.name),
+            schema=table_def.schema,
+            partition_spec=table_def.partition_spec,
+            sort_order=table_def.sort_order,
+            properties=table_def.properties,
+        )
+
+    def ensure_all(self, defs: Iterable[TableDef] = ALL_TABLES) -> None:
+        catalog = self.catalog()
+        for table_def in defs:
+            self.ensure_table(table_def, catalog)
+
+    def load(self, name: str) -> Table:
+        try:
+            return self.catalog().load_table(self.identifier(name))
+        except NoSuchTableError as exc:
+            raise TableNotFoundError(
+                f"table {self.identifier(name)} does not exist yet: run `k2 run` (or materialise it in Dagster)"
+            ) from exc
+
+
+def read_watermarks(table: Table) -> Watermarks:
+    """The committed high watermark per (topic, partition), from the current main snapshot's summary."""
+    snapshot = table.current_snapshot()
+    if snapshot is None or snapshot.summary is None:
+        return {}
+    raw = snapshot.summary.additional_properties.get(WATERMARK_PROPERTY)
+    if not raw:
+        return {}
+    parsed: dict[str, dict[str, int]] = json.loads(raw)
+    return {topic: {int(p): int(o) for p, o in parts.items()} for topic, parts in parsed.items()}
+
+
+def encode_watermarks(watermarks: Watermarks) -> str:
+    return json.dumps(
+        {t: {str(p): o for p, o in sorted(parts.items())} for t, parts in sorted(watermarks.items())},
+        separators=(",", ":"),
+    )
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    rows_appended: int
+    ranges_committed: tuple[OffsetRange, ...]
+    ranges_skipped: tuple[OffsetRange, ...]
+    snapshot_id: int | None
+    attempts: int
+
+
+def trim_to_watermarks(ranges: Iterable[OffsetRange], watermarks: Watermarks) -> tuple[list[OffsetRange], list[OffsetRange]]:
+    """Split planned ranges against committed watermarks into (to commit, already committed).
+
+    A range wholly below its watermark is skipped; one straddling it is trimmed to start there; one starting past
+    it would leave a hole and is refused with OffsetGapError. A partition with no watermark accepts any start.
+    """
+    todo: list[OffsetRange] = []
+    done: list[OffsetRange] = []
+    for r in ranges:
+        mark = watermarks.get(r.topic, {}).get(r.partition)
+        if mark is None:
+            todo.append(r)
+        elif r.stop <= mark:
+            done.append(r)
+        elif r.start > mark:
+            raise OffsetGapError(
+                f"{r.topic}[{r.partition}] range [{r.start}, {r.stop}) starts past the committed watermark {mark}: "
+                f"offsets [{mark}, {r.start}) would be lost; plan from the watermark (the sensor does this)"
+            )
+        else:
+            todo.append(OffsetRange(r.topic, r.partition, max(r.start, mark), r.stop))
+    return todo, done
+
+
+def advance(watermarks: Watermarks, ranges: Iterable[OffsetRange]) -> Watermarks:
+    merged = {t: dict(p) for t, p in watermarks.items()}
+    for r in ranges:
+        parts = merged.setdefault(r.topic, {})
+        parts[r.partition] = max(parts.get(r.partition, r.stop), r.stop)
+    return merged
+
+
+def commit_offset_ranges(
+    table: Table,
+    ranges: Iterable[OffsetRange],
+    build_rows: Callable[[list[OffsetRange]], pa.Table],
+    *,
+    batch_id: str,
+    extra_properties: dict[str, str] | None = None,
+    max_attempts: int = 8,
+    before_commit: Callable[[], None] | None = None,
+) -> CommitOutcome:
+    """Append the rows of `ranges` exactly once, recording the new watermark in the same snapshot.
+
+    `build_rows(todo)` returns the rows of exactly the still-uncommitted ranges. On a commit conflict the table is
+    reloaded and the offset check re-run, so a range another writer committed meanwhile is skipped, never doubled.
+    """
+    planned = sorted(ranges)
+    for attempt in range(1, max_attempts + 1):
+        table.refresh()
+        watermarks = read_watermarks(table)
+        todo, done = trim_to_watermarks(planned, watermarks)
+        todo = [r for r in todo if r.size > 0]
+        if not todo:
+            return CommitOutcome(0, (), tuple(done), None, attempt)
+        rows = build_rows(todo)
+        properties = {
+            WATERMARK_PROPERTY: encode_watermarks(advance(watermarks, todo)),
+            BATCH_PROPERTY: batch_id,
+            **(extra_properties or {}),
+        }
+        try:
+            if before_commit is not None:
+                before_commit()
+            append_with_properties(table, rows, properties)
+        except CommitFailedException:
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+            continue
+        snapshot = table.current_snapshot()
+        return CommitOutcome(rows.num_rows, tuple(todo), tuple(done), snapshot.snapshot_id if snapshot else None, attempt)
+    raise CommitConflictError(
+        f"{table.name()}: lost the commit race {max_attempts} times for batch {batch_id}; nothing was committed, "
+        "re-run the batch"
+    )
+
+
+def append_with_properties(table: Table, rows: pa.Table, properties: dict[str, str]) -> None:
+    """Append, even an empty frame: the snapshot still carries the watermark forward."""
+    if rows.num_rows == 0:
+        # pyiceberg skips the commit for an empty append; a metadata-only property update would not be a snapshot,
+        # so commit an empty fast-append snapshot through the transaction API.
+        with table.transaction() as tx:
+            with tx.update_snapshot(snapshot_properties=properties).fast_append():
+                pass
+        return
+    table.append(rows, snapshot_properties=properties)
+
+
+def table_to_arrow(table: Table, row_filter: Any = None, selected_fields: tuple[str, ...] = ("*",)) -> pa.Table:
+    scan = table.scan(row_filter=row_filter, selected_fields=selected_fields) if row_filter is not None else table.scan(
+        selected_fields=selected_fields
+    )
+    return scan.to_arrow()

@@ -1,0 +1,26 @@
+"""Pipeline-wide knobs as a Dagster resource (built from Settings in definitions.py)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from k2_resources.env import Settings
+from k2_resources.schemas import FileSchemaStore, SchemaStore
+
+
+class PipelineResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    exchange: str = "ASX"
+    tick_topic: str = "market.ticks.asx"
+    max_batch_per_partition: int = 500_000
+    derivative_symbols: list[str] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PipelineResource:
+        return cls(
+            exchange=settings.exchange,
+            tick_topic=settings.tick_topic,
+            max_batch_per_partition=settings.max_batch_per_partition,
+        )
+
+    def schema_store(self) -> SchemaStore:
+        return FileSchemaStore()

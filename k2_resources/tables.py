@@ -1,0 +1,158 @@
+"""Iceberg table definitions: schemas, partition specs, sort orders and properties of every K2 table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import SortField, SortOrder
+from pyiceberg.transforms import DayTransform, IdentityTransform, TruncateTransform
+from pyiceberg.types import (
+    BinaryType,
+    DateType,
+    DecimalType,
+    IntegerType,
+    ListType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+
+PRICE = DecimalType(18, 6)
+
+# The library's own commit retry rebases onto the new head without re-running our offset check, which could append
+# a range twice. Ingest tables retry in K2's writer instead (ARCHITECTURE.md decision 2).
+INGEST_PROPERTIES = {
+    "commit.retry.num-retries": "0",
+    "write.parquet.compression-codec": "zstd",
+    "format-version": "2",
+}
+DERIVED_PROPERTIES = {"write.parquet.compression-codec": "zstd", "format-version": "2"}
+
+
+@dataclass(frozen=True)
+class TableDef:
+    name: str
+    schema: Schema
+    partition_spec: PartitionSpec = field(default_factory=PartitionSpec)
+    sort_order: SortOrder = field(default_factory=SortOrder)
+    properties: dict[str, str] = field(default_factory=dict)
+    doc: str = ""
+
+
+def _tick_fields(start_id: int) -> list[NestedField]:
+    """Decoded tick payload columns, with field ids from `start_id` on."""
+    names_types = [
+        ("exchange", StringType(), "Exchange code, e.g. ASX"),
+        ("symbol", StringType(), "Exchange ticker"),
+        ("sequence", LongType(), "Per (exchange, symbol) feed sequence number"),
+        ("exchange_ts", TimestamptzType(), "Exchange event time (UTC, microseconds)"),
+        ("ingest_ts", TimestamptzType(), "Time the feed handler received the tick (UTC)"),
+        ("price", PRICE, "Trade price, exact decimal(18,6)"),
+        ("volume", LongType(), "Traded quantity"),
+        ("trade_id", StringType(), "Exchange trade identifier"),
+        ("side", StringType(), "BUY, SELL or UNKNOWN"),
+    ]
+    fields = [
+        NestedField(start_id + i, name, typ, required=False, doc=doc) for i, (name, typ, doc) in enumerate(names_types)
+    ]
+    next_id = start_id + len(names_types)
+    fields.append(
+        NestedField(
+            next_id,
+            "conditions",
+            ListType(next_id + 1, StringType(), element_required=False),
+            required=False,
+            doc="Exchange trade condition codes",
+        )
+    )
+    return fields
+
+
+def _kafka_fields() -> list[NestedField]:
+    return [
+        NestedField(1, "kafka_topic", StringType(), required=False, doc="Source topic"),
+        NestedField(2, "kafka_partition", IntegerType(), required=False, doc="Source partition"),
+        NestedField(3, "kafka_offset", LongType(), required=False, doc="Source offset"),
+    ]
+
+
+RAW_TICKS = TableDef(
+    name="raw_ticks",
+    doc="Every Kafka record of the tick topics, exactly once, decoded where possible.",
+    schema=Schema(
+        *_kafka_fields(),
+        NestedField(4, "kafka_ts", TimestamptzType(), required=False, doc="Kafka record timestamp"),
+        NestedField(5, "kafka_key", StringType(), required=False, doc="Record key (the symbol)"),
+        *_tick_fields(6),
+        NestedField(20, "landed_ts", TimestamptzType(), required=False, doc="When K2 wrote the row"),
+        NestedField(21, "decode_error", StringType(), required=False, doc="Why the value could not be decoded"),
+        NestedField(22, "raw_value", BinaryType(), required=False, doc="Original bytes of an undecodable value"),
+    ),
+    partition_spec=PartitionSpec(PartitionField(4, 1000, DayTransform(), "kafka_day")),
+    sort_order=SortOrder(SortField(2, IdentityTransform()), SortField(3, IdentityTransform())),
+    properties=INGEST_PROPERTIES,
+)
+
+TICKS = TableDef(
+    name="ticks",
+    doc="Validated, deduplicated ticks: what quants query.",
+    schema=Schema(*_tick_fields(1)),
+    partition_spec=PartitionSpec(
+        PartitionField(4, 1000, DayTransform(), "exchange_day"),
+        PartitionField(1, 1001, IdentityTransform(), "exchange"),
+        PartitionField(2, 1002, TruncateTransform(4), "symbol_trunc"),
+    ),
+    sort_order=SortOrder(SortField(2, IdentityTransform()), SortField(4, IdentityTransform())),
+    properties=INGEST_PROPERTIES,
+)
+
+QUARANTINE = TableDef(
+    name="quarantine",
+    doc="Rows that failed validation, with every reason, the source offset and the batch that saw them.",
+    schema=Schema(
+        *_kafka_fields(),
+        *_tick_fields(4),
+        NestedField(20, "reasons", ListType(21, StringType(), element_required=False), required=False,
+                    doc="Reason codes, several per row possible"),
+        NestedField(22, "detail", StringType(), required=False, doc="Human-readable detail (e.g. decode error)"),
+        NestedField(23, "raw_value", BinaryType(), required=False, doc="Original bytes of an undecodable value"),
+        NestedField(24, "batch_id", StringType(), required=False, doc="Dagster run / batch that quarantined it"),
+        NestedField(25, "quarantined_at", TimestamptzType(), required=False, doc="When it was quarantined"),
+    ),
+    partition_spec=PartitionSpec(PartitionField(25, 1000, DayTransform(), "quarantine_day")),
+    properties=INGEST_PROPERTIES,
+)
+
+BARS_1M = TableDef(
+    name="bars_1m",
+    doc="1-minute OHLCV bars, a pure function of validated ticks, partitioned by exchange trading day.",
+    schema=Schema(
+        NestedField(1, "exchange", StringType(), required=False),
+        NestedField(2, "symbol", StringType(), required=False),
+        NestedField(3, "trading_date", DateType(), required=False, doc="Exchange-local trading day"),
+        NestedField(4, "window_start", TimestamptzType(), required=False, doc="Start of the minute, UTC"),
+        NestedField(5, "open", PRICE, required=False),
+        NestedField(6, "high", PRICE, required=False),
+        NestedField(7, "low", PRICE, required=False),
+        NestedField(8, "close", PRICE, required=False),
+        NestedField(9, "volume", LongType(), required=False),
+        NestedField(10, "trade_count", LongType(), required=False),
+        NestedField(11, "vwap", PRICE, required=False, doc="sum(price*volume)/sum(volume), rounded to 6 dp"),
+        NestedField(12, "first_sequence", LongType(), required=False),
+        NestedField(13, "last_sequence", LongType(), required=False),
+        NestedField(14, "revision", IntegerType(), required=False, doc="0 when first written, +1 per restatement"),
+        NestedField(15, "computed_at", TimestamptzType(), required=False),
+        NestedField(16, "source_snapshot_id", LongType(), required=False, doc="ticks snapshot the bar was computed from"),
+    ),
+    partition_spec=PartitionSpec(
+        PartitionField(3, 1000, IdentityTransform(), "trading_date"),
+        PartitionField(1, 1001, IdentityTransform(), "exchange"),
+    ),
+    sort_order=SortOrder(SortField(2, IdentityTransform()), SortField(4, IdentityTransform())),
+    properties=DERIVED_PROPERTIES,
+)
+
+ALL_TABLES: tuple[TableDef, ...] = (RAW_TICKS, TICKS, QUARANTINE, BARS_1M)
