@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table as RichTable
 
+from k2.display import print_frame
 from k2_resources.env import Settings, load_settings
 from k2_resources.errors import K2Error
 
@@ -86,8 +86,9 @@ def produce(
     from k2_resources.schemas import FileSchemaStore
 
     settings = _settings()
-    faults = FaultRates(duplicates, gaps, out_of_order, late, late_minutes, bad_prices, negative_volumes, jumps,
-                        undecodable)
+    faults = FaultRates(
+        duplicates, gaps, out_of_order, late, late_minutes, bad_prices, negative_volumes, jumps, undecodable
+    )
     day = dt.date.fromisoformat(date) if date else None
     feed = generate(ticks, seed=seed, symbols=symbols, exchange_code=settings.exchange, day=day, faults=faults)
     kafka = KafkaResource.from_settings(settings)
@@ -101,15 +102,19 @@ def produce(
             from k2.feed.simulator import Feed
 
             for offset in range(0, feed.ticks.height, chunks):
-                part = Feed(feed.ticks.slice(offset, chunks),
-                            feed.undecodable_rows[(feed.undecodable_rows >= offset)
-                                                  & (feed.undecodable_rows < offset + chunks)] - offset,
-                            feed.manifest)
+                part = Feed(
+                    feed.ticks.slice(offset, chunks),
+                    feed.undecodable_rows[(feed.undecodable_rows >= offset) & (feed.undecodable_rows < offset + chunks)]
+                    - offset,
+                    feed.manifest,
+                )
                 result = produce_feed(kafka, settings.tick_topic, part, FileSchemaStore(), settings.topic_partitions)
                 time.sleep(max(0.0, 1.0 - (time.perf_counter() - started) % 1.0))
     elapsed = time.perf_counter() - started
-    console.print(f"produced {feed.ticks.height:,} ticks in {elapsed:.2f}s ({feed.ticks.height / elapsed:,.0f}/s) "
-                  f"for trading date {feed.manifest['trading_date']}")
+    console.print(
+        f"produced {feed.ticks.height:,} ticks in {elapsed:.2f}s ({feed.ticks.height / elapsed:,.0f}/s) "
+        f"for trading date {feed.manifest['trading_date']}"
+    )
     if manifest is not None and result is not None:
         manifest.write_text(json.dumps(result.manifest, indent=1, default=str))
         console.print(f"fault manifest: {manifest}")
@@ -146,16 +151,7 @@ def query(
     elif fmt == "json":
         sys.stdout.write(frame.head(limit).write_json() + "\n")
     else:
-        print_frame(frame.head(limit))
-
-
-def print_frame(frame) -> None:  # type: ignore[no-untyped-def]
-    table = RichTable(show_lines=False)
-    for name in frame.columns:
-        table.add_column(name)
-    for row in frame.iter_rows():
-        table.add_row(*["" if v is None else str(v) for v in row])
-    console.print(table)
+        print_frame(console, frame.head(limit))
 
 
 def main() -> None:

@@ -26,8 +26,9 @@ def scaled_to_decimal(values: pa.Array | pa.ChunkedArray, scale: int = PRICE_SCA
     validity = ints.buffers()[0] if ints.null_count else None
     if validity is not None and ints.offset:
         validity = pc.is_valid(ints).buffers()[1]
-    return pa.Array.from_buffers(pa.decimal128(precision, scale), len(raw), [validity, pa.py_buffer(words.tobytes())],
-                                 null_count=ints.null_count)
+    return pa.Array.from_buffers(
+        pa.decimal128(precision, scale), len(raw), [validity, pa.py_buffer(words.tobytes())], null_count=ints.null_count
+    )
 
 
 def decimal_to_scaled(values: pa.Array | pa.ChunkedArray, scale: int = PRICE_SCALE) -> pa.Array:

@@ -100,7 +100,7 @@ def decode_values(values: Sequence[bytes | None], store: SchemaStore) -> tuple[p
             reader = readers.get(schema_id)
             if reader is None:
                 reader = readers[schema_id] = _parsed_for(store, schema_id)
-            records.append(fastavro.schemaless_reader(io.BytesIO(body), reader, None))
+            records.append(fastavro.schemaless_reader(io.BytesIO(body), reader, None))  # type: ignore[arg-type]
             errors.append(None)
         except UnknownSchemaIdError as exc:
             records.append(None)

@@ -50,9 +50,18 @@ def ensure_jars(libs_dir: Path) -> Path:
     mvn = _require("mvn", "install Maven (Debian: apt-get install -y maven)")
     libs_dir.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(INFRA_DIR / "pom.xml"), "dependency:copy-dependencies",
-         f"-DoutputDirectory={libs_dir}"],
-        capture_output=True, text=True, check=False,
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(INFRA_DIR / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise BrokerError(f"Maven could not resolve the Kafka jars:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
@@ -127,9 +136,7 @@ class LocalKafkaBroker:
         if (self.data_dir / "data" / "meta.properties").exists():
             return
         cluster_id = _cluster_id()
-        result = self._java(
-            "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(config)
-        )
+        result = self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(config))
         if result.returncode != 0:
             raise BrokerError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
 
@@ -154,10 +161,21 @@ class LocalKafkaBroker:
             "appender.stdout.layout.type=PatternLayout\nappender.stdout.layout.pattern=[%d] %p %m (%c)%n\n"
             "logger.kafka.name=kafka\nlogger.kafka.level=INFO\n"
         )
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [java, "-Xms256m", "-Xmx1g", f"-Dlog4j2.configurationFile={log4j}", "-cp", self._classpath(),
-             "kafka.Kafka", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        proc = subprocess.Popen(
+            [
+                java,
+                "-Xms256m",
+                "-Xmx1g",
+                f"-Dlog4j2.configurationFile={log4j}",
+                "-cp",
+                self._classpath(),
+                "kafka.Kafka",
+                str(config),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.pid_file.write_text(str(proc.pid))
         deadline = time.monotonic() + self.startup_timeout_s
@@ -168,7 +186,9 @@ class LocalKafkaBroker:
                 return
             time.sleep(0.3)
         self.stop()
-        raise BrokerUnavailableError(f"the broker did not answer within {self.startup_timeout_s:.0f}s; see {self.log_file}")
+        raise BrokerUnavailableError(
+            f"the broker did not answer within {self.startup_timeout_s:.0f}s; see {self.log_file}"
+        )
 
     def stop(self, timeout_s: float = 30.0) -> None:
         pid = self.pid()

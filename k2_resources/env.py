@@ -9,6 +9,7 @@ Variables (all optional in the local profile):
     K2_KAFKA_BOOTSTRAP       bootstrap servers (default 127.0.0.1:<K2_KAFKA_PORT>)
     K2_KAFKA_PORT            local broker port (default 19092)
     K2_EXCHANGE              exchange code of the feed (default ASX)
+    K2_TICK_TOPIC            tick topic (default market.ticks.<exchange>)
     K2_TOPIC_PARTITIONS      partitions of a newly created tick topic (default 6)
     K2_MAX_BATCH_PER_PARTITION  most offsets one planned range covers (default 500000)
     K2_CATALOG_URI           SQLAlchemy URI of the Iceberg SQL catalog (default sqlite:///<K2_HOME>/catalog.db)
@@ -35,15 +36,12 @@ class Settings:
     kafka_bootstrap: str
     kafka_port: int
     exchange: str
+    tick_topic: str
     topic_partitions: int
     max_batch_per_partition: int
     catalog_uri: str
     warehouse: str
     namespace: str
-
-    @property
-    def tick_topic(self) -> str:
-        return topic_for_exchange(self.exchange)
 
     @property
     def dlq_topic(self) -> str:
@@ -76,6 +74,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigurationError(f"K2_ENV={env!r}: use 'local' or 'prod'")
     home = Path(environ.get("K2_HOME", ".k2")).resolve()
     port = _int(environ, "K2_KAFKA_PORT", DEFAULT_KAFKA_PORT)
+    exchange = environ.get("K2_EXCHANGE", "ASX").upper()
     if env == "prod":
         missing = [n for n in ("K2_KAFKA_BOOTSTRAP", "K2_CATALOG_URI", "K2_WAREHOUSE") if not environ.get(n)]
         if missing:
@@ -85,7 +84,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         home=home,
         kafka_bootstrap=environ.get("K2_KAFKA_BOOTSTRAP") or f"127.0.0.1:{port}",
         kafka_port=port,
-        exchange=environ.get("K2_EXCHANGE", "ASX").upper(),
+        exchange=exchange,
+        tick_topic=environ.get("K2_TICK_TOPIC") or topic_for_exchange(exchange),
         topic_partitions=_int(environ, "K2_TOPIC_PARTITIONS", 6),
         max_batch_per_partition=_int(environ, "K2_MAX_BATCH_PER_PARTITION", 500_000),
         catalog_uri=environ.get("K2_CATALOG_URI") or f"sqlite:///{home / 'catalog.db'}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -68,10 +69,8 @@ class IcebergResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def ensure_table(self, table_def: TableDef, catalog: Catalog | None = None) -> Table:
         catalog = catalog or self.catalog()
-        try:
+        with contextlib.suppress(NamespaceAlreadyExistsError):
             catalog.create_namespace(self.namespace)
-        except NamespaceAlreadyExistsError:
-            pass
         return catalog.create_table_if_not_exists(
             self.identifier(table_def.name),
             schema=table_def.schema,
@@ -122,7 +121,9 @@ class CommitOutcome:
     attempts: int
 
 
-def trim_to_watermarks(ranges: Iterable[OffsetRange], watermarks: Watermarks) -> tuple[list[OffsetRange], list[OffsetRange]]:
+def trim_to_watermarks(
+    ranges: Iterable[OffsetRange], watermarks: Watermarks
+) -> tuple[list[OffsetRange], list[OffsetRange]]:
     """Split planned ranges against committed watermarks into (to commit, already committed).
 
     A range wholly below its watermark is skipped; one straddling it is trimmed to start there; one starting past
@@ -191,7 +192,9 @@ def commit_offset_ranges(
             time.sleep(min(0.05 * 2**attempt, 2.0))
             continue
         snapshot = table.current_snapshot()
-        return CommitOutcome(rows.num_rows, tuple(todo), tuple(done), snapshot.snapshot_id if snapshot else None, attempt)
+        return CommitOutcome(
+            rows.num_rows, tuple(todo), tuple(done), snapshot.snapshot_id if snapshot else None, attempt
+        )
     raise CommitConflictError(
         f"{table.name()}: lost the commit race {max_attempts} times for batch {batch_id}; nothing was committed, "
         "re-run the batch"
@@ -203,15 +206,16 @@ def append_with_properties(table: Table, rows: pa.Table, properties: dict[str, s
     if rows.num_rows == 0:
         # pyiceberg skips the commit for an empty append; a metadata-only property update would not be a snapshot,
         # so commit an empty fast-append snapshot through the transaction API.
-        with table.transaction() as tx:
-            with tx.update_snapshot(snapshot_properties=properties).fast_append():
-                pass
+        with table.transaction() as tx, tx.update_snapshot(snapshot_properties=properties).fast_append():
+            pass
         return
     table.append(rows, snapshot_properties=properties)
 
 
 def table_to_arrow(table: Table, row_filter: Any = None, selected_fields: tuple[str, ...] = ("*",)) -> pa.Table:
-    scan = table.scan(row_filter=row_filter, selected_fields=selected_fields) if row_filter is not None else table.scan(
-        selected_fields=selected_fields
+    scan = (
+        table.scan(row_filter=row_filter, selected_fields=selected_fields)
+        if row_filter is not None
+        else table.scan(selected_fields=selected_fields)
     )
     return scan.to_arrow()

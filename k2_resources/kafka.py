@@ -87,7 +87,7 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
     def _list_topics(self, admin) -> dict[str, object]:  # type: ignore[no-untyped-def]
         try:
             return dict(admin.list_topics(timeout=self.request_timeout_s).topics)
-        except Exception as exc:  # noqa: BLE001 - librdkafka raises KafkaException with a transport error
+        except Exception as exc:
             raise BrokerUnavailableError(
                 f"no Kafka broker answered at {self.bootstrap_servers}: start one with `k2 kafka start` "
                 f"(or set K2_KAFKA_BOOTSTRAP) ({exc})"
@@ -176,7 +176,9 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
         finally:
             consumer.close()
         table = pa.table(cols, schema=RECORD_SCHEMA)
-        return table.sort_by([("kafka_topic", "ascending"), ("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
+        return table.sort_by(
+            [("kafka_topic", "ascending"), ("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
+        )
 
     def produce(self, topic: str, keys: Sequence[str], values: Sequence[bytes]) -> list[tuple[int, int]]:
         from confluent_kafka import Producer

@@ -115,8 +115,13 @@ QUARANTINE = TableDef(
     schema=Schema(
         *_kafka_fields(),
         *_tick_fields(4),
-        NestedField(20, "reasons", ListType(21, StringType(), element_required=False), required=False,
-                    doc="Reason codes, several per row possible"),
+        NestedField(
+            20,
+            "reasons",
+            ListType(21, StringType(), element_required=False),
+            required=False,
+            doc="Reason codes, several per row possible",
+        ),
         NestedField(22, "detail", StringType(), required=False, doc="Human-readable detail (e.g. decode error)"),
         NestedField(23, "raw_value", BinaryType(), required=False, doc="Original bytes of an undecodable value"),
         NestedField(24, "batch_id", StringType(), required=False, doc="Dagster run / batch that quarantined it"),
@@ -145,7 +150,9 @@ BARS_1M = TableDef(
         NestedField(13, "last_sequence", LongType(), required=False),
         NestedField(14, "revision", IntegerType(), required=False, doc="0 when first written, +1 per restatement"),
         NestedField(15, "computed_at", TimestamptzType(), required=False),
-        NestedField(16, "source_snapshot_id", LongType(), required=False, doc="ticks snapshot the bar was computed from"),
+        NestedField(
+            16, "source_snapshot_id", LongType(), required=False, doc="ticks snapshot the bar was computed from"
+        ),
     ),
     partition_spec=PartitionSpec(
         PartitionField(3, 1000, IdentityTransform(), "trading_date"),

@@ -17,13 +17,56 @@ from k2_resources.exchanges import calendar
 
 # Real ASX tickers with a plausible reference price (AUD) to start the random walk from.
 ASX_SYMBOLS: dict[str, float] = {
-    "BHP": 45.0, "CBA": 150.0, "CSL": 250.0, "NAB": 38.0, "WBC": 32.0, "ANZ": 29.0, "WES": 75.0, "MQG": 210.0,
-    "WOW": 33.0, "TLS": 4.0, "RIO": 120.0, "FMG": 19.0, "GMG": 33.0, "TCL": 13.0, "WDS": 24.0, "ALL": 65.0,
-    "COL": 20.0, "STO": 7.0, "REA": 240.0, "QBE": 20.0, "SUN": 19.0, "JHX": 40.0, "RMD": 37.0, "XRO": 160.0,
-    "NST": 17.0, "ORG": 10.0, "BXB": 21.0, "IAG": 8.0, "S32": 3.2, "MIN": 30.0, "PLS": 2.5, "CPU": 40.0,
-    "SHL": 30.0, "ASX": 62.0, "TWE": 11.0, "AMC": 14.0, "APA": 8.0, "QAN": 10.0, "EVN": 6.0, "SGP": 5.5,
-    "CAR": 36.0, "MPL": 4.2, "ORI": 17.0, "AGL": 10.0, "LYC": 7.0, "NXT": 16.0, "SEK": 26.0, "WTC": 80.0,
-    "DXS": 7.5, "VCX": 2.5,
+    "BHP": 45.0,
+    "CBA": 150.0,
+    "CSL": 250.0,
+    "NAB": 38.0,
+    "WBC": 32.0,
+    "ANZ": 29.0,
+    "WES": 75.0,
+    "MQG": 210.0,
+    "WOW": 33.0,
+    "TLS": 4.0,
+    "RIO": 120.0,
+    "FMG": 19.0,
+    "GMG": 33.0,
+    "TCL": 13.0,
+    "WDS": 24.0,
+    "ALL": 65.0,
+    "COL": 20.0,
+    "STO": 7.0,
+    "REA": 240.0,
+    "QBE": 20.0,
+    "SUN": 19.0,
+    "JHX": 40.0,
+    "RMD": 37.0,
+    "XRO": 160.0,
+    "NST": 17.0,
+    "ORG": 10.0,
+    "BXB": 21.0,
+    "IAG": 8.0,
+    "S32": 3.2,
+    "MIN": 30.0,
+    "PLS": 2.5,
+    "CPU": 40.0,
+    "SHL": 30.0,
+    "ASX": 62.0,
+    "TWE": 11.0,
+    "AMC": 14.0,
+    "APA": 8.0,
+    "QAN": 10.0,
+    "EVN": 6.0,
+    "SGP": 5.5,
+    "CAR": 36.0,
+    "MPL": 4.2,
+    "ORI": 17.0,
+    "AGL": 10.0,
+    "LYC": 7.0,
+    "NXT": 16.0,
+    "SEK": 26.0,
+    "WTC": 80.0,
+    "DXS": 7.5,
+    "VCX": 2.5,
 }
 PRICE_SCALE = 1_000_000
 TICK_SIZE = 5_000  # 0.005 AUD in millionths
@@ -45,9 +88,7 @@ class FaultRates:
     undecodable: float = 0.0
 
     def any(self) -> bool:
-        return any(
-            v > 0 for k, v in self.__dict__.items() if k != "late_minutes"
-        )
+        return any(v > 0 for k, v in self.__dict__.items() if k != "late_minutes")
 
 
 @dataclass
@@ -105,7 +146,10 @@ def generate(
         pl.col("exchange_ts").diff().over("sym_idx").fill_null(0).alias("dt_us"),
         pl.Series("z", rng.standard_normal(n_ticks)),
     ).with_columns(
-        (pl.col("z") * pl.col("dt_us").cast(pl.Float64).sqrt() * sigma_per_sqrt_us).cum_sum().over("sym_idx").alias("logret")
+        (pl.col("z") * pl.col("dt_us").cast(pl.Float64).sqrt() * sigma_per_sqrt_us)
+        .cum_sum()
+        .over("sym_idx")
+        .alias("logret")
     )
     price = ref_price[frame["sym_idx"].to_numpy()] * np.exp(frame["logret"].to_numpy())
     price_e6 = np.maximum(np.round(price * PRICE_SCALE / TICK_SIZE), 1).astype(np.int64) * TICK_SIZE
@@ -123,14 +167,16 @@ def generate(
         pl.Series("side", side),
     ).with_columns(
         pl.concat_str([pl.col("symbol"), pl.lit("-"), pl.col("sequence").cast(pl.String)]).alias("trade_id"),
-        pl.when(pl.Series(rng.random(n_ticks) < 0.05)).then(pl.lit(["XT"])).otherwise(pl.lit([], pl.List(pl.String)))
+        pl.when(pl.Series(rng.random(n_ticks) < 0.05))
+        .then(pl.lit(["XT"]))
+        .otherwise(pl.lit([], pl.List(pl.String)))
         .alias("conditions"),
     )
     return inject(ticks, rng, faults, trading_day, seed)
 
 
 def _pick(rng: np.random.Generator, n: int, rate: float, exclude: np.ndarray | None = None) -> np.ndarray:
-    k = int(round(n * rate))
+    k = round(n * rate)
     if k == 0:
         return np.array([], dtype=np.int64)
     pool = np.setdiff1d(np.arange(n), exclude) if exclude is not None and len(exclude) else np.arange(n)

@@ -1,6 +1,5 @@
 """OHLCV bar assets."""
 
-
 import dagster as dg
 
 from k2_assets.bars.build import build_bars

@@ -4,20 +4,21 @@ those days from Iceberg, restate bars whose values changed (revision + 1)."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import polars as pl
-from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan, Or
+from pyiceberg.expressions import BooleanExpression
 from pyiceberg.manifest import ManifestEntryStatus
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 
 from k2_assets.bars.ohlcv import BAR_KEY, bars_1m
 from k2_resources.arrow_util import conform, to_integer_space
 from k2_resources.exchanges import exchange as exchange_info
+from k2_resources.filters import all_of, any_of, eq, ge, lt
 from k2_resources.iceberg import append_with_properties
 
 SOURCE_SNAPSHOT_PROPERTY = "k2.source-snapshot"
@@ -63,7 +64,7 @@ def touched_days(ticks: Table, since_snapshot_id: int | None) -> set[tuple[str, 
     day_pos = next(i for i, f in enumerate(spec.fields) if f.name == "exchange_day")
     exch_pos = next(i for i, f in enumerate(spec.fields) if f.name == "exchange")
     touched: set[tuple[str, dt.date]] = set()
-    snap = current
+    snap: Snapshot | None = current
     while snap is not None and snap.snapshot_id != since_snapshot_id:
         for manifest in snap.manifests(io):
             if manifest.added_snapshot_id != snap.snapshot_id:
@@ -81,10 +82,7 @@ def all_days(ticks: Table) -> set[tuple[str, dt.date]]:
     parts = ticks.inspect.partitions()
     if parts.num_rows == 0:
         return set()
-    return {
-        (str(p["exchange"]), _as_date(p["exchange_day"]))
-        for p in parts.column("partition").to_pylist()
-    }
+    return {(str(p["exchange"]), _as_date(p["exchange_day"])) for p in parts.column("partition").to_pylist()}
 
 
 def trading_dates(days: Iterable[tuple[str, dt.date]]) -> set[tuple[str, dt.date]]:
@@ -107,10 +105,7 @@ def _local_day_bounds(code: str, day: dt.date) -> tuple[dt.datetime, dt.datetime
 
 def _ticks_of(ticks: Table, code: str, day: dt.date) -> pl.DataFrame:
     start, end = _local_day_bounds(code, day)
-    row_filter = And(
-        EqualTo("exchange", code),
-        And(GreaterThanOrEqual("exchange_ts", start.isoformat()), LessThan("exchange_ts", end.isoformat())),
-    )
+    row_filter = all_of(eq("exchange", code), ge("exchange_ts", start.isoformat()), lt("exchange_ts", end.isoformat()))
     arrow = ticks.scan(
         row_filter=row_filter, selected_fields=("exchange", "symbol", "sequence", "exchange_ts", "price", "volume")
     ).to_arrow()
@@ -120,10 +115,7 @@ def _ticks_of(ticks: Table, code: str, day: dt.date) -> pl.DataFrame:
 
 
 def _date_filter(dates: Iterable[tuple[str, dt.date]]) -> BooleanExpression:
-    clauses: list[BooleanExpression] = [
-        And(EqualTo("exchange", code), EqualTo("trading_date", day.isoformat())) for code, day in sorted(dates)
-    ]
-    return functools.reduce(lambda a, b: Or(a, b), clauses)
+    return any_of([all_of(eq("exchange", code), eq("trading_date", day.isoformat())) for code, day in sorted(dates)])
 
 
 def with_revisions(new: pl.DataFrame, old: pl.DataFrame, computed_at_us: int) -> tuple[pl.DataFrame, int]:
@@ -131,15 +123,23 @@ def with_revisions(new: pl.DataFrame, old: pl.DataFrame, computed_at_us: int) ->
     if old.is_empty():
         return new.with_columns(pl.lit(0, pl.Int32).alias("revision"), pl.lit(computed_at_us).alias("computed_at")), 0
     prior = old.select(BAR_KEY + VALUE_COLUMNS + ["revision", "computed_at"]).rename(
-        {c: f"{c}_old" for c in VALUE_COLUMNS + ["revision", "computed_at"]}
+        {c: f"{c}_old" for c in [*VALUE_COLUMNS, "revision", "computed_at"]}
     )
     joined = new.join(prior, on=BAR_KEY, how="left")
     changed = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}_old")) for c in VALUE_COLUMNS])
     is_new = pl.col("revision_old").is_null()
     out = joined.with_columns(
-        pl.when(is_new).then(0).when(changed).then(pl.col("revision_old") + 1).otherwise(pl.col("revision_old"))
-        .cast(pl.Int32).alias("revision"),
-        pl.when(is_new | changed).then(pl.lit(computed_at_us)).otherwise(pl.col("computed_at_old")).alias("computed_at"),
+        pl.when(is_new)
+        .then(0)
+        .when(changed)
+        .then(pl.col("revision_old") + 1)
+        .otherwise(pl.col("revision_old"))
+        .cast(pl.Int32)
+        .alias("revision"),
+        pl.when(is_new | changed)
+        .then(pl.lit(computed_at_us))
+        .otherwise(pl.col("computed_at_old"))
+        .alias("computed_at"),
     )
     restated = out.filter(~is_new & changed).height
     return out.drop([c for c in out.columns if c.endswith("_old")]), restated
@@ -173,6 +173,11 @@ def build_bars(ticks: Table, bars: Table, *, dates: set[tuple[str, dt.date]] | N
     assert isinstance(old, pl.DataFrame)
     final, restated = with_revisions(new, old, computed_at)
     final = final.with_columns(pl.lit(source_id).alias("source_snapshot_id"))
-    bars.overwrite(conform(final.to_arrow(), bars.schema().as_arrow()), overwrite_filter=_date_filter(dates),
-                   snapshot_properties=properties)
-    return BarsResult(tuple(sorted(dates)), ticks_read, final.height, restated, source_id, time.perf_counter() - started)
+    bars.overwrite(
+        conform(final.to_arrow(), bars.schema().as_arrow()),
+        overwrite_filter=_date_filter(dates),
+        snapshot_properties=properties,
+    )
+    return BarsResult(
+        tuple(sorted(dates)), ticks_read, final.height, restated, source_id, time.perf_counter() - started
+    )

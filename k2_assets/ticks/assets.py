@@ -1,6 +1,5 @@
 """raw_ticks and validated_ticks: Kafka -> Iceberg, exactly once."""
 
-
 import dagster as dg
 
 from k2_assets.ticks.ingest import ingest_raw
@@ -50,7 +49,9 @@ def raw_ticks(
         )
     result = ingest_raw(kafka, table, ranges, pipeline.schema_store(), batch_id=context.run_id)
     out = result.outcome
-    context.log.info(f"raw_ticks: {out.rows_appended} rows appended, {len(out.ranges_skipped)} ranges already committed")
+    context.log.info(
+        f"raw_ticks: {out.rows_appended} rows appended, {len(out.ranges_skipped)} ranges already committed"
+    )
     return dg.MaterializeResult(
         metadata={
             "rows_appended": out.rows_appended,

@@ -1,6 +1,5 @@
 """Blocking asset checks on the tick tables."""
 
-
 import dagster as dg
 import polars as pl
 
@@ -22,17 +21,27 @@ def offset_coverage(offsets: pl.DataFrame, watermarks: dict[str, dict[int, int]]
         schema={"kafka_topic": pl.String, "kafka_partition": pl.Int32, "watermark": pl.Int64},
         orient="row",
     )
-    return stats.join(marks, on=["kafka_topic", "kafka_partition"], how="full", coalesce=True).with_columns(
-        (
-            (pl.col("rows") == pl.col("distinct"))
-            & (pl.col("last") - pl.col("first") + 1 == pl.col("rows"))
-            & (pl.col("last") + 1 == pl.col("watermark"))
-        ).fill_null(False).alias("ok")
-    ).sort("kafka_topic", "kafka_partition")
+    return (
+        stats.join(marks, on=["kafka_topic", "kafka_partition"], how="full", coalesce=True)
+        .with_columns(
+            (
+                (pl.col("rows") == pl.col("distinct"))
+                & (pl.col("last") - pl.col("first") + 1 == pl.col("rows"))
+                & (pl.col("last") + 1 == pl.col("watermark"))
+            )
+            .fill_null(False)
+            .alias("ok")
+        )
+        .sort("kafka_topic", "kafka_partition")
+    )
 
 
-@dg.asset_check(asset=raw_ticks, blocking=True, description="Every committed offset is present exactly once, "
-                "contiguous up to the watermark recorded in the snapshot.")
+@dg.asset_check(
+    asset=raw_ticks,
+    blocking=True,
+    description="Every committed offset is present exactly once, "
+    "contiguous up to the watermark recorded in the snapshot.",
+)
 def raw_ticks_offsets_exactly_once(iceberg: IcebergResource) -> dg.AssetCheckResult:
     table = iceberg.ensure_table(RAW_TICKS)
     arrow = table.scan(selected_fields=("kafka_topic", "kafka_partition", "kafka_offset")).to_arrow()

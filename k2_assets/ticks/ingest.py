@@ -74,4 +74,3 @@ def ingest_raw(
 
     outcome = commit_offset_ranges(table, ranges, build_rows, batch_id=batch_id)
     return RawIngestResult(outcome, seen["records"], seen["undecodable"], time.perf_counter() - started)
-

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
-from pyiceberg.expressions import And, BooleanExpression, EqualTo, GreaterThanOrEqual, LessThan, Or
+from pyiceberg.expressions import BooleanExpression
 from pyiceberg.table import Table
 
 from k2_assets.ticks.planning import plan_ranges, slowest_watermark
 from k2_assets.ticks.validate import TICK_COLUMNS, ValidationResult, validate
 from k2_resources.arrow_util import conform, to_integer_space
+from k2_resources.filters import all_of, any_of, eq, ge, lt
 from k2_resources.iceberg import CommitOutcome, OffsetRange, commit_offset_ranges, read_watermarks
 
 
@@ -29,16 +30,17 @@ class PublishResult:
 
 
 def ranges_filter(ranges: Sequence[OffsetRange]) -> BooleanExpression:
-    clauses: list[BooleanExpression] = [
-        And(
-            EqualTo("kafka_topic", r.topic),
-            EqualTo("kafka_partition", r.partition),
-            GreaterThanOrEqual("kafka_offset", r.start),
-            LessThan("kafka_offset", r.stop),
-        )
-        for r in ranges
-    ]
-    return functools.reduce(lambda a, b: Or(a, b), clauses)
+    return any_of(
+        [
+            all_of(
+                eq("kafka_topic", r.topic),
+                eq("kafka_partition", r.partition),
+                ge("kafka_offset", r.start),
+                lt("kafka_offset", r.stop),
+            )
+            for r in ranges
+        ]
+    )
 
 
 def read_raw(raw: Table, ranges: Sequence[OffsetRange]) -> pl.DataFrame:
@@ -105,5 +107,3 @@ def publish_validated(
     q_outcome = commit_offset_ranges(quarantine, ranges, quarantine_rows, batch_id=batch_id)
     t_outcome = commit_offset_ranges(ticks, ranges, tick_rows, batch_id=batch_id)
     return PublishResult(tuple(ranges), raw_rows.height, result, t_outcome, q_outcome, time.perf_counter() - started)
-
-

@@ -1,6 +1,5 @@
 """The Kafka sensor: plans micro-batches from end offsets; never consumes."""
 
-
 import json
 
 import dagster as dg
@@ -30,8 +29,12 @@ def plan_next_batch(kafka: KafkaResource, iceberg: IcebergResource, pipeline: Pi
     return plan_ranges(topic, kafka.offsets(topic), committed, pipeline.max_batch_per_partition)
 
 
-@dg.sensor(job_name=INGEST_JOB, minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Plans the next Kafka micro-batch [committed watermark, end offset) per partition.")
+@dg.sensor(
+    job_name=INGEST_JOB,
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Plans the next Kafka micro-batch [committed watermark, end offset) per partition.",
+)
 def kafka_ticks_sensor(
     context: dg.SensorEvaluationContext, kafka: KafkaResource, iceberg: IcebergResource, pipeline: PipelineResource
 ) -> dg.SensorResult | dg.SkipReason:

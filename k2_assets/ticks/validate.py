@@ -17,8 +17,18 @@ NEGATIVE_VOLUME = "negative_volume"
 
 KEY = ["exchange", "symbol", "sequence"]
 REQUIRED = ["exchange", "symbol", "sequence", "exchange_ts", "price", "volume"]
-TICK_COLUMNS = ["exchange", "symbol", "sequence", "exchange_ts", "ingest_ts", "price", "volume", "trade_id", "side",
-                "conditions"]
+TICK_COLUMNS = [
+    "exchange",
+    "symbol",
+    "sequence",
+    "exchange_ts",
+    "ingest_ts",
+    "price",
+    "volume",
+    "trade_id",
+    "side",
+    "conditions",
+]
 SOURCE_COLUMNS = ["kafka_topic", "kafka_partition", "kafka_offset"]
 
 
@@ -53,10 +63,13 @@ def validate(raw: pl.DataFrame, derivative_symbols: frozenset[str] = frozenset()
         pl.concat_list(
             _reason(~decoded, UNDECODABLE),
             _reason(decoded & missing, MISSING_FIELD),
-            _reason(decoded & (pl.col("price") <= 0) & ~pl.col("symbol").is_in(list(derivative_symbols)),
-                    NON_POSITIVE_PRICE),
+            _reason(
+                decoded & (pl.col("price") <= 0) & ~pl.col("symbol").is_in(list(derivative_symbols)), NON_POSITIVE_PRICE
+            ),
             _reason(decoded & (pl.col("volume") < 0), NEGATIVE_VOLUME),
-        ).list.drop_nulls().alias("reasons")
+        )
+        .list.drop_nulls()
+        .alias("reasons")
     )
     failed = checks.filter(pl.col("reasons").list.len() > 0)
     passed = checks.filter(pl.col("reasons").list.len() == 0).sort(SOURCE_COLUMNS)
