@@ -16,7 +16,8 @@ def trading_date(ts_us: pl.Expr, tz: str) -> pl.Expr:
 
 def bars_1m(ticks: pl.DataFrame | pl.LazyFrame, tz: str) -> pl.DataFrame:
     """1-minute bars: open = first tick by (exchange_ts, sequence), close = last, high, low, volume, trade count,
-    VWAP = Σ price·volume / Σ volume (rounded to the price scale; null when the minute traded no volume)."""
+    VWAP = Σ price·volume / Σ volume (rounded half-up to the price scale, computed exactly; null when the minute
+    traded no volume)."""
     order = ["exchange_ts", "sequence"]
     return (
         ticks.lazy()
@@ -29,13 +30,15 @@ def bars_1m(ticks: pl.DataFrame | pl.LazyFrame, tz: str) -> pl.DataFrame:
             pl.col("price").sort_by(order).last().alias("close"),
             pl.col("volume").sum().alias("volume"),
             pl.len().cast(pl.Int64).alias("trade_count"),
-            (pl.col("price").cast(pl.Float64) * pl.col("volume")).sum().alias("_notional"),
+            # Exact notional in 128-bit integers: a day of a liquid symbol overflows int64 millionths.
+            (pl.col("price").cast(pl.Int128) * pl.col("volume")).sum().alias("_notional"),
             pl.col("sequence").sort_by(order).first().alias("first_sequence"),
             pl.col("sequence").sort_by(order).last().alias("last_sequence"),
         )
         .with_columns(
             pl.when(pl.col("volume") > 0)
-            .then((pl.col("_notional") / pl.col("volume")).round(0).cast(pl.Int64))
+            # Round half away from zero, exactly (prices are positive after validation).
+            .then(((pl.col("_notional") * 2 + pl.col("volume")) // (pl.col("volume") * 2)).cast(pl.Int64))
             .otherwise(None)
             .alias("vwap"),
             trading_date(pl.col("window_start"), tz).alias("trading_date"),

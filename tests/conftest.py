@@ -1,0 +1,54 @@
+"""Shared fixtures. Integration and chaos tests get the real broker through `kafka_broker`, started once per session."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from k2_resources.broker import LocalKafkaBroker, free_port
+from k2_resources.env import Settings, load_settings
+
+_topic_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafkaBroker]:
+    """A real Apache Kafka 4.x broker (KRaft) on a free 127.0.0.1 port, for the whole test session."""
+    port = int(os.environ.get("K2_TEST_KAFKA_PORT") or free_port())
+    broker = LocalKafkaBroker(tmp_path_factory.mktemp("kafka"), port, controller_port=free_port())
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def make_settings(home: Path, bootstrap: str = "127.0.0.1:1", topic: str | None = None, **extra: str) -> Settings:
+    environ = {
+        "K2_HOME": str(home),
+        "K2_KAFKA_BOOTSTRAP": bootstrap,
+        "K2_TICK_TOPIC": topic or f"market.ticks.asx.t{next(_topic_ids)}",
+        **extra,
+    }
+    return load_settings(environ)
+
+
+@pytest.fixture
+def lakehouse(tmp_path: Path, kafka_broker: LocalKafkaBroker) -> Settings:
+    """Settings for a fresh catalog/warehouse and a topic of its own on the shared broker."""
+    return make_settings(tmp_path, kafka_broker.bootstrap)
+
+
+@pytest.fixture
+def offline_lakehouse(tmp_path: Path) -> Settings:
+    """Settings for a fresh catalog/warehouse with no broker (unit tests)."""
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def dagster_instance() -> Iterator[dg.DagsterInstance]:
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance

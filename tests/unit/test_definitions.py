@@ -1,0 +1,32 @@
+"""The Dagster code location loads and exposes exactly the expected assets, checks, jobs, sensors and schedules."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from k2_assets.definitions import build_definitions
+from k2_resources.env import load_settings
+
+EXPECTED_ASSETS = {"raw_ticks", "validated_ticks", "bars_1m"}
+EXPECTED_CHECKS = {("raw_ticks", "raw_ticks_offsets_exactly_once")}
+EXPECTED_JOBS = {"ingest_job"}
+EXPECTED_SENSORS = {"kafka_ticks_sensor"}
+EXPECTED_SCHEDULES: set[str] = set()
+
+
+def test_definitions_snapshot(tmp_path) -> None:
+    defs = build_definitions(load_settings({"K2_HOME": str(tmp_path)}))
+    repo = defs.get_repository_def()
+    assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == EXPECTED_ASSETS
+    checks = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
+    assert checks == EXPECTED_CHECKS
+    assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == EXPECTED_JOBS
+    assert {s.name for s in repo.sensor_defs} == EXPECTED_SENSORS
+    assert {s.name for s in repo.schedule_defs} == EXPECTED_SCHEDULES
+
+
+def test_lineage_runs_raw_to_validated_to_bars(tmp_path) -> None:
+    defs = build_definitions(load_settings({"K2_HOME": str(tmp_path)}))
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("validated_ticks")).parent_keys == {dg.AssetKey("raw_ticks")}
+    assert graph.get(dg.AssetKey("bars_1m")).parent_keys == {dg.AssetKey("validated_ticks")}
