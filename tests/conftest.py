@@ -23,7 +23,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
     broker = LocalKafkaBroker(tmp_path_factory.mktemp("kafka"), port, controller_port=free_port())
     broker.start()
     yield broker
-    broker.stop()
+    broker.stop(timeout_s=5.0)  # a throwaway broker: no need to wait for a clean shutdown
 
 
 def make_settings(home: Path, bootstrap: str = "127.0.0.1:1", topic: str | None = None, **extra: str) -> Settings:
