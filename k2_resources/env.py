@@ -15,6 +15,18 @@ Variables (all optional in the local profile):
     K2_CATALOG_URI           SQLAlchemy URI of the Iceberg SQL catalog (default sqlite:///<K2_HOME>/catalog.db)
     K2_WAREHOUSE             warehouse location (default file://<K2_HOME>/warehouse)
     K2_NAMESPACE             Iceberg namespace (default market_data)
+
+  Production profile (K2_ENV=prod; see infra/postgres, infra/s3, infra/registry):
+    K2_DAGSTER_PG_URL        PostgreSQL URL of Dagster's run/event/schedule storage (default: K2_CATALOG_URI when
+                             that is a postgresql URL); infra/postgres/dagster.yaml reads it
+    K2_S3_ENDPOINT           S3 API endpoint of the warehouse bucket, e.g. http://127.0.0.1:8333 (default: AWS)
+    K2_S3_ACCESS_KEY_ID      S3 credentials of the warehouse
+    K2_S3_SECRET_ACCESS_KEY
+    K2_S3_REGION             S3 region (default us-east-1)
+    K2_SCHEMA_REGISTRY_URL   Confluent-API schema registry; unset = the schema files shipped with the code
+    K2_MAX_CONSUMER_LAG      Kafka records behind the committed watermark that raise degradation level 1
+                             (default 1000000; docs/DEGRADATION.md)
+    K2_CATALOG_TIMEOUT_S     seconds to wait for the catalog before ingest pauses as level 2 (default 5)
 """
 
 from __future__ import annotations
@@ -42,6 +54,14 @@ class Settings:
     catalog_uri: str
     warehouse: str
     namespace: str
+    dagster_pg_url: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_region: str = "us-east-1"
+    schema_registry_url: str | None = None
+    max_consumer_lag: int = 1_000_000
+    catalog_timeout_s: int = 5
 
     @property
     def dlq_topic(self) -> str:
@@ -91,4 +111,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         catalog_uri=environ.get("K2_CATALOG_URI") or f"sqlite:///{home / 'catalog.db'}",
         warehouse=environ.get("K2_WAREHOUSE") or (home / "warehouse").as_uri(),
         namespace=environ.get("K2_NAMESPACE", "market_data"),
+        dagster_pg_url=environ.get("K2_DAGSTER_PG_URL") or _default_dagster_pg_url(environ.get("K2_CATALOG_URI")),
+        s3_endpoint=environ.get("K2_S3_ENDPOINT") or None,
+        s3_access_key_id=environ.get("K2_S3_ACCESS_KEY_ID") or None,
+        s3_secret_access_key=environ.get("K2_S3_SECRET_ACCESS_KEY") or None,
+        s3_region=environ.get("K2_S3_REGION") or "us-east-1",
+        schema_registry_url=environ.get("K2_SCHEMA_REGISTRY_URL") or None,
+        max_consumer_lag=_int(environ, "K2_MAX_CONSUMER_LAG", 1_000_000),
+        catalog_timeout_s=_int(environ, "K2_CATALOG_TIMEOUT_S", 5),
     )
+
+
+def _default_dagster_pg_url(catalog_uri: str | None) -> str | None:
+    """Dagster shares the catalog's PostgreSQL database unless told otherwise (its tables have distinct names)."""
+    if catalog_uri and catalog_uri.startswith("postgresql"):
+        return catalog_uri
+    return None

@@ -61,3 +61,31 @@ class SnapshotNotFoundError(K2Error):
 
 class QueryError(K2Error):
     """A query could not be run."""
+
+
+class ServiceError(K2Error):
+    """A production service K2 runs against (PostgreSQL, object store, schema registry) failed or is unreachable."""
+
+
+class PostgresError(ServiceError):
+    """The PostgreSQL server could not be started, stopped or reached."""
+
+
+class ObjectStoreError(ServiceError):
+    """The S3-compatible object store could not be started or reached."""
+
+
+class RegistryError(SchemaError):
+    """The schema registry refused a request or could not be reached."""
+
+
+class IncompatibleSchemaError(SchemaError):
+    """A new schema version is not BACKWARD compatible with the registered one."""
+
+
+class CatalogUnavailableError(ServiceError):
+    """The Iceberg catalog did not answer; ingest pauses (Kafka buffers) until it does."""
+
+
+class RecoveryError(K2Error):
+    """A disaster-recovery step (backup, catalog rebuild) could not complete."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,16 @@ class OffsetRange:
 Watermarks = dict[str, dict[int, int]]  # topic -> partition -> next offset to commit
 
 
-def open_catalog(catalog_uri: str, warehouse: str, name: str = "k2") -> Catalog:
+def open_catalog(
+    catalog_uri: str, warehouse: str, name: str = "k2", properties: Mapping[str, str] | None = None
+) -> Catalog:
+    """The SQL catalog (SQLite locally, PostgreSQL in prod). `properties` carry FileIO settings such as the S3
+    endpoint and credentials of an s3:// warehouse (k2_resources.s3.catalog_properties)."""
     if warehouse.startswith("file://"):
         Path(warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     if catalog_uri.startswith("sqlite:///"):
         Path(catalog_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return SqlCatalog(name, uri=catalog_uri, warehouse=warehouse)
+    return SqlCatalog(name, uri=catalog_uri, warehouse=warehouse, **dict(properties or {}))
 
 
 class IcebergResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -56,13 +60,22 @@ class IcebergResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     catalog_uri: str
     warehouse: str
     namespace: str = "market_data"
+    # FileIO properties (S3 endpoint/credentials in the prod profile); empty for a local warehouse.
+    catalog_properties: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IcebergResource:
-        return cls(catalog_uri=settings.catalog_uri, warehouse=settings.warehouse, namespace=settings.namespace)
+        from k2_resources.s3 import catalog_properties
+
+        return cls(
+            catalog_uri=settings.catalog_uri,
+            warehouse=settings.warehouse,
+            namespace=settings.namespace,
+            catalog_properties=catalog_properties(settings),
+        )
 
     def catalog(self) -> Catalog:
-        return open_catalog(self.catalog_uri, self.warehouse)
+        return open_catalog(self.catalog_uri, self.warehouse, properties=self.catalog_properties)
 
     def identifier(self, name: str) -> str:
         return f"{self.namespace}.{name}"

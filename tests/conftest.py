@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from k2_resources.broker import LocalKafkaBroker, free_port
 from k2_resources.env import Settings, load_settings
+from k2_resources.postgres import LocalPostgres
 
 _topic_ids = itertools.count(1)
 
@@ -24,6 +27,20 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
     broker.start()
     yield broker
     broker.stop(timeout_s=5.0)  # a throwaway broker: no need to wait for a clean shutdown
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server (Debian's binaries, initdb into a temp dir) on a free 127.0.0.1 port, for the whole
+    test session. Tests create databases of their own on it (`postgres.create_database(name)`)."""
+    # Not under pytest's tmp dir: that is private to root, and the server runs as the `postgres` user under root.
+    data_dir = Path(tempfile.mkdtemp(prefix="k2-pg-"))
+    data_dir.chmod(0o755)
+    server = LocalPostgres(data_dir, free_port())
+    server.start()
+    yield server
+    server.stop(mode="immediate")
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def make_settings(home: Path, bootstrap: str = "127.0.0.1:1", topic: str | None = None, **extra: str) -> Settings:
