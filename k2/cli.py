@@ -14,12 +14,14 @@ import typer
 from rich.console import Console
 
 from k2.display import print_frame
+from k2.dr_cli import dr_app
 from k2_resources.env import Settings, load_settings
 from k2_resources.errors import K2Error
 
 app = typer.Typer(help="K2 market data lakehouse.", no_args_is_help=True, pretty_exceptions_enable=False)
 kafka_app = typer.Typer(help="The local Apache Kafka broker (KRaft).", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
+app.add_typer(dr_app, name="dr")
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 
@@ -154,10 +156,21 @@ def query(
         print_frame(console, frame.head(limit))
 
 
+def _prod_dagster_instance(dagster_home: Path) -> None:
+    """K2_ENV=prod keeps Dagster's runs, event logs and schedules in PostgreSQL (infra/postgres/dagster.yaml)."""
+    settings = load_settings()
+    if settings.env == "prod" and settings.dagster_pg_url:
+        from k2_resources.postgres import ensure_database, write_dagster_yaml
+
+        ensure_database(settings.dagster_pg_url)
+        write_dagster_yaml(dagster_home, settings.dagster_pg_url)
+
+
 def main() -> None:
     os.environ.setdefault("DAGSTER_HOME", str(load_settings().home / "dagster"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     try:
+        _prod_dagster_instance(Path(os.environ["DAGSTER_HOME"]))
         app()
     except K2Error as exc:
         console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
