@@ -5,11 +5,13 @@ from __future__ import annotations
 import dagster as dg
 
 from k2_assets.bars.assets import bars_1m
+from k2_assets.maintenance.assets import MAINTENANCE_ASSETS, MAINTENANCE_JOBS, maintenance_schedules
 from k2_assets.ticks.assets import raw_ticks, validated_ticks
 from k2_assets.ticks.checks import raw_ticks_offsets_exactly_once
 from k2_assets.ticks.sensors import INGEST_JOB, kafka_ticks_sensor
 from k2_resources.duckdb import DuckDBResource
 from k2_resources.env import Settings, load_settings
+from k2_resources.exchanges import exchange as exchange_info
 from k2_resources.iceberg import IcebergResource
 from k2_resources.kafka import KafkaResource
 from k2_resources.pipeline import PipelineResource
@@ -33,10 +35,12 @@ def resources_for(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or load_settings()
     return dg.Definitions(
-        assets=[raw_ticks, validated_ticks, bars_1m],
+        assets=[raw_ticks, validated_ticks, bars_1m, *MAINTENANCE_ASSETS],
         asset_checks=[raw_ticks_offsets_exactly_once],
-        jobs=[ingest_job],
+        jobs=[ingest_job, *MAINTENANCE_JOBS],
         sensors=[kafka_ticks_sensor],
+        # Maintenance runs at night in the exchange's own time zone (Australia/Sydney for ASX).
+        schedules=maintenance_schedules(exchange_info(settings.exchange).tz),
         resources=resources_for(settings),
     )
 

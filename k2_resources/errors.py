@@ -89,3 +89,11 @@ class CatalogUnavailableError(ServiceError):
 
 class RecoveryError(K2Error):
     """A disaster-recovery step (backup, catalog rebuild) could not complete."""
+
+
+class MaintenanceError(K2Error):
+    """A maintenance job (compaction, snapshot expiry, orphan removal) refused to touch a table in this state."""
+
+
+class TagExistsError(K2Error):
+    """A tag of that name already exists: pick another name (`k2 tag list` shows the existing ones)."""

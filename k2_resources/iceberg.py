@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -15,10 +16,11 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError
-from pyiceberg.table import Table
+from pyiceberg.table import DataScan, Table
+from pyiceberg.table.snapshots import Snapshot
 
 from k2_resources.env import Settings
-from k2_resources.errors import CommitConflictError, OffsetGapError, TableNotFoundError
+from k2_resources.errors import CommitConflictError, OffsetGapError, SnapshotNotFoundError, TableNotFoundError
 from k2_resources.tables import ALL_TABLES, TableDef
 
 WATERMARK_PROPERTY = "k2.kafka.watermarks"
@@ -232,3 +234,65 @@ def table_to_arrow(table: Table, row_filter: Any = None, selected_fields: tuple[
         else table.scan(selected_fields=selected_fields)
     )
     return scan.to_arrow()
+
+def snapshot_as_of(
+    table: Table, *, snapshot_id: int | None = None, tag: str | None = None, as_of: dt.datetime | None = None
+) -> Snapshot:
+    """The snapshot named by exactly one of a snapshot id, a tag (or branch) name, or a point in time.
+
+    Raises SnapshotNotFoundError when the table's history no longer has it (expired, or never existed), instead of
+    the silent empty result pyiceberg gives for a scan of a snapshot id it does not know. A point in time whose
+    snapshot was expired is refused too, rather than answered with an older retained snapshot.
+    """
+    if sum(x is not None for x in (snapshot_id, tag, as_of)) != 1:
+        raise ValueError("give exactly one of snapshot_id, tag, as_of")
+    name = ".".join(table.name())
+    hint = "snapshots older than the retention are expired unless tagged (`k2 tag create NAME` keeps one)"
+    if snapshot_id is not None:
+        snap = table.snapshot_by_id(snapshot_id)
+        if snap is None:
+            raise SnapshotNotFoundError(f"{name} has no snapshot {snapshot_id}: expired or never existed; {hint}")
+        return snap
+    if tag is not None:
+        snap = table.snapshot_by_name(tag)
+        if snap is None:
+            known = sorted(table.refs())
+            raise SnapshotNotFoundError(
+                f"{name} has no tag or branch {tag!r} (known: {known}); `k2 tag list` shows tags"
+            )
+        return snap
+    assert as_of is not None
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware (UTC)")
+    at_ms = int(as_of.timestamp() * 1000)
+    log = sorted(table.metadata.snapshot_log, key=lambda e: e.timestamp_ms)
+    before = [e for e in log if e.timestamp_ms <= at_ms]
+    if not before:
+        raise SnapshotNotFoundError(f"{name} has no snapshot at or before {as_of.isoformat()}; {hint}")
+    found = table.snapshot_by_id(before[-1].snapshot_id)
+    after = [e for e in log if e.timestamp_ms > at_ms]
+    nxt = table.snapshot_by_id(after[0].snapshot_id) if after else None
+    # Expiry cuts lineage: the next retained snapshot lost its parent, so some expired snapshot may have been
+    # current at `as_of` (found is never that parent: it is still in the table).
+    parent_gone = nxt is not None and (
+        nxt.parent_snapshot_id is None or table.snapshot_by_id(nxt.parent_snapshot_id) is None
+    )
+    if found is None or parent_gone:
+        raise SnapshotNotFoundError(f"{name}: the snapshot current at {as_of.isoformat()} was expired; {hint}")
+    return found
+
+
+def scan_as_of(
+    table: Table,
+    *,
+    snapshot_id: int | None = None,
+    tag: str | None = None,
+    as_of: dt.datetime | None = None,
+    row_filter: Any = None,
+    selected_fields: tuple[str, ...] = ("*",),
+) -> DataScan:
+    """A time-travel scan that fails loudly (SnapshotNotFoundError) for a snapshot the table no longer has."""
+    snap = snapshot_as_of(table, snapshot_id=snapshot_id, tag=tag, as_of=as_of)
+    if row_filter is None:
+        return table.scan(selected_fields=selected_fields, snapshot_id=snap.snapshot_id)
+    return table.scan(row_filter=row_filter, selected_fields=selected_fields, snapshot_id=snap.snapshot_id)

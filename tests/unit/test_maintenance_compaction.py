@@ -1,0 +1,163 @@
+"""Compaction on a real SQLite Iceberg catalog: one atomic commit, same rows, sorted files, watermark carried
+forward, and safe against writers that commit while it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from pyiceberg.expressions import EqualTo
+
+from k2_assets.maintenance.compaction import MAINTENANCE_PROPERTY, CompactionPolicy, compact_table
+from k2_assets.maintenance.files import live_files
+from k2_assets.maintenance.rewrite import read_files, sort_rows, sort_spec, write_sorted
+from k2_resources.errors import ConfigurationError
+from k2_resources.iceberg import WATERMARK_PROPERTY, read_watermarks
+from k2_resources.tables import TICKS, TableDef
+from tests.unit.test_maintenance_support import append_batches, canonical, catalog_in, tick_rows, ticks_table
+
+EAGER = CompactionPolicy(max_files_per_partition=2, min_avg_file_bytes=0)
+SORT = [("symbol", "ascending"), ("exchange_ts", "ascending")]
+
+
+def _read(path: str) -> pa.Table:
+    return pq.ParquetFile(path.removeprefix("file://")).read(columns=["symbol", "exchange_ts"])
+
+
+def test_compaction_replaces_small_files_with_one_sorted_file_per_partition_in_one_commit(tmp_path: Path) -> None:
+    table, data = ticks_table(tmp_path)
+    before = live_files(table)
+    snapshots = len(table.snapshots())
+    watermark = read_watermarks(table)
+    crowded = {k for k, files in before.data.items() if len(files) > 2}
+    assert crowded, "the fixture must produce partitions with several files"
+
+    result = compact_table(table, EAGER)
+
+    assert len(table.snapshots()) == snapshots + 1
+    assert result.partitions_compacted == len(crowded) and not result.given_up
+    assert result.rows_rewritten == sum(int(f.record_count) for k in crowded for f in before.data[k])
+    assert result.files_after == result.files_before - result.files_rewritten + result.files_written
+    after = live_files(table)
+    for key in crowded:
+        (new_file,) = after.data[key]
+        rows = _read(new_file.file_path)
+        assert rows.equals(rows.sort_by(SORT))
+        assert new_file.sort_order_id == table.sort_order().order_id
+    for key in set(before.data) - crowded:
+        assert after.data[key] == before.data[key]
+    assert canonical(table.scan().to_arrow()).equals(canonical(data))
+    props = table.current_snapshot().summary.additional_properties
+    assert props[MAINTENANCE_PROPERTY] == "compaction"
+    assert WATERMARK_PROPERTY in props
+    assert read_watermarks(table) == watermark
+
+
+def test_partitions_within_thresholds_are_left_alone(tmp_path: Path) -> None:
+    table, _ = ticks_table(tmp_path)
+    snapshots = len(table.snapshots())
+
+    result = compact_table(table, CompactionPolicy(max_files_per_partition=100, min_avg_file_bytes=1))
+
+    assert result.partitions_planned == 0 and result.rows_rewritten == 0
+    assert len(table.snapshots()) == snapshots
+
+
+def test_dry_run_plans_without_writing(tmp_path: Path) -> None:
+    table, _ = ticks_table(tmp_path)
+    snapshots = len(table.snapshots())
+
+    result = compact_table(table, EAGER, dry_run=True)
+
+    assert result.partitions_planned > 0 and result.planned
+    assert len(table.snapshots()) == snapshots
+
+
+def test_a_partition_larger_than_the_target_is_rewritten_into_several_files_near_it(tmp_path: Path) -> None:
+    table, data = ticks_table(tmp_path, rows=40_000, batches=8, symbols=1)
+    key, files = max(live_files(table).data.items(), key=lambda kv: len(kv[1]))
+    total = sum(int(f.file_size_in_bytes) for f in files)
+    target = int(total / 2.5)
+    policy = CompactionPolicy(max_files_per_partition=2, min_avg_file_bytes=0, target_file_bytes=target)
+
+    result = compact_table(table, policy)
+
+    written = live_files(table).data[key]
+    assert 2 <= len(written) < len(files)
+    assert all(int(f.file_size_in_bytes) <= target for f in written)
+    assert result.files_written >= len(written)
+    assert canonical(table.scan().to_arrow()).equals(canonical(data))
+
+
+def test_the_writer_rolls_to_a_new_file_at_the_target_size(tmp_path: Path) -> None:
+    table, _ = ticks_table(tmp_path, rows=20_000, batches=2, symbols=1)
+    files = live_files(table).data_files()
+    spec = sort_spec(table)
+    rows = sort_rows(read_files(table, files[:1]), spec)
+    target = 32 * 1024
+
+    written = write_sorted(table, rows, files[0], target_file_bytes=target, row_group_rows=500, sort_order_id=None)
+
+    assert len(written) > 2
+    assert all(int(f.file_size_in_bytes) >= target for f in written[:-1])
+    assert sum(int(f.record_count) for f in written) == rows.num_rows
+    back = pa.concat_tables([_read(f.file_path) for f in written])
+    assert back.equals(rows.select(["symbol", "exchange_ts"]))
+
+
+def test_an_ingest_commit_during_compaction_is_kept_and_its_watermark_carried(tmp_path: Path) -> None:
+    table, data = ticks_table(tmp_path)
+    late = tick_rows(table, 1_000, seed=99)
+    other = catalog_in(tmp_path).load("ticks")  # another writer, as a concurrent ingest run would be
+    landed: list[int] = []
+
+    def ingest_meanwhile() -> None:
+        if not landed:
+            landed.extend(append_batches(other, late, 1, first_offset=data.num_rows))
+
+    result = compact_table(table, EAGER, before_commit=ingest_meanwhile)
+
+    assert result.commit_attempts == 2 and result.partitions_compacted > 0 and not result.given_up
+    compaction = table.current_snapshot()
+    assert compaction.parent_snapshot_id == landed[0]
+    assert read_watermarks(table) == {"market.ticks.asx": {0: data.num_rows + late.num_rows}}
+    assert canonical(table.scan().to_arrow()).equals(canonical(pa.concat_tables([data, late])))
+
+
+def test_a_partition_changed_by_another_writer_is_given_up_without_resurrecting_rows(tmp_path: Path) -> None:
+    table, data = ticks_table(tmp_path)
+    victim = max(live_files(table).data.items(), key=lambda kv: len(kv[1]))[0]
+    symbol = victim[1][-1]
+    other = catalog_in(tmp_path).load("ticks")
+    deleted: list[bool] = []
+
+    def delete_meanwhile() -> None:
+        if not deleted:
+            other.delete(EqualTo("symbol", symbol))
+            deleted.append(True)
+
+    result = compact_table(table, EAGER, before_commit=delete_meanwhile)
+
+    labels = [label for label in result.given_up if label.endswith(f"symbol_trunc={symbol}")]
+    assert labels and result.partitions_compacted > 0
+    expected = data.filter(pc.not_equal(data["symbol"], symbol))
+    assert canonical(table.scan().to_arrow()).equals(canonical(expected))
+    leftovers = list((tmp_path / "warehouse").rglob(f"*symbol_trunc={symbol}/*compacted*"))
+    assert leftovers == [], "files written for a given-up partition are removed"
+
+
+def test_a_watermark_table_with_the_library_retry_on_is_refused(tmp_path: Path) -> None:
+    unsafe = TableDef(
+        name="ticks_unsafe",
+        schema=TICKS.schema,
+        partition_spec=TICKS.partition_spec,
+        properties={**TICKS.properties, "commit.retry.num-retries": "4"},
+    )
+    table = catalog_in(tmp_path).ensure_table(unsafe)
+    append_batches(table, tick_rows(table, 3_000), 3)
+
+    with pytest.raises(ConfigurationError, match="num-retries"):
+        compact_table(table, EAGER)
