@@ -235,6 +235,7 @@ def table_to_arrow(table: Table, row_filter: Any = None, selected_fields: tuple[
     )
     return scan.to_arrow()
 
+
 def snapshot_as_of(
     table: Table, *, snapshot_id: int | None = None, tag: str | None = None, as_of: dt.datetime | None = None
 ) -> Snapshot:
