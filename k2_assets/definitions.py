@@ -9,6 +9,7 @@ from k2_assets.maintenance.assets import MAINTENANCE_ASSETS, MAINTENANCE_JOBS, m
 from k2_assets.ticks.assets import raw_ticks, validated_ticks
 from k2_assets.ticks.checks import raw_ticks_offsets_exactly_once
 from k2_assets.ticks.sensors import INGEST_JOB, kafka_ticks_sensor
+from k2_resources.degradation import DegradationResource
 from k2_resources.duckdb import DuckDBResource
 from k2_resources.env import Settings, load_settings
 from k2_resources.exchanges import exchange as exchange_info
@@ -29,6 +30,7 @@ def resources_for(settings: Settings) -> dict[str, object]:
         "iceberg": IcebergResource.from_settings(settings),
         "pipeline": PipelineResource.from_settings(settings),
         "duckdb": DuckDBResource(),
+        "degradation": DegradationResource.from_settings(settings),
     }
 
 

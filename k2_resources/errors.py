@@ -87,6 +87,11 @@ class CatalogUnavailableError(ServiceError):
     """The Iceberg catalog did not answer; ingest pauses (Kafka buffers) until it does."""
 
 
+class WarehouseWriteError(ServiceError):
+    """Data or metadata files could not be written to the warehouse (disk full, permissions, object store down);
+    nothing was committed: free the space or fix access, then re-run."""
+
+
 class RecoveryError(K2Error):
     """A disaster-recovery step (backup, catalog rebuild) could not complete."""
 

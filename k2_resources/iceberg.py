@@ -6,7 +6,7 @@ import contextlib
 import datetime as dt
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,9 @@ def open_catalog(
         Path(warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     if catalog_uri.startswith("sqlite:///"):
         Path(catalog_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return SqlCatalog(name, uri=catalog_uri, warehouse=warehouse, **dict(properties or {}))
+    from k2_resources.faults import catalog_properties  # empty unless a chaos test armed K2_FAULT_POINT
+
+    return SqlCatalog(name, uri=catalog_uri, warehouse=warehouse, **dict(properties or {}), **catalog_properties())
 
 
 class IcebergResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -187,7 +189,8 @@ def commit_offset_ranges(
     """
     planned = sorted(ranges)
     for attempt in range(1, max_attempts + 1):
-        table.refresh()
+        with storage_errors(table, batch_id):
+            table.refresh()
         watermarks = read_watermarks(table)
         todo, done = trim_to_watermarks(planned, watermarks)
         todo = [r for r in todo if r.size > 0]
@@ -202,7 +205,8 @@ def commit_offset_ranges(
         try:
             if before_commit is not None:
                 before_commit()
-            append_with_properties(table, rows, properties)
+            with storage_errors(table, batch_id):
+                append_with_properties(table, rows, properties)
         except CommitFailedException:
             time.sleep(min(0.05 * 2**attempt, 2.0))
             continue
@@ -214,6 +218,29 @@ def commit_offset_ranges(
         f"{table.name()}: lost the commit race {max_attempts} times for batch {batch_id}; nothing was committed, "
         "re-run the batch"
     )
+
+
+@contextlib.contextmanager
+def storage_errors(table: Table, batch_id: str) -> Iterator[None]:
+    """A locked or unreachable catalog and a failed warehouse write (disk full) as typed errors. Either way the
+    catalog's pointer was not swapped, so the batch is not committed and re-running it is safe."""
+    from sqlalchemy.exc import OperationalError
+
+    from k2_resources.errors import CatalogUnavailableError, WarehouseWriteError
+
+    name = ".".join(table.name())
+    try:
+        yield
+    except OperationalError as exc:
+        raise CatalogUnavailableError(
+            f"{name}: the catalog did not answer or stayed locked past its timeout ({exc.orig}); batch {batch_id} "
+            "was not committed: re-run it once the catalog is free (the watermark makes a re-run safe)"
+        ) from exc
+    except OSError as exc:
+        raise WarehouseWriteError(
+            f"{name}: writing files to the warehouse failed ({exc}); batch {batch_id} was not committed: free space "
+            "or fix access to the warehouse, then re-run it (files it left are orphans for the maintenance job)"
+        ) from exc
 
 
 def append_with_properties(table: Table, rows: pa.Table, properties: dict[str, str]) -> None:
