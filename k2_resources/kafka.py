@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -46,6 +47,11 @@ class TickLog(ABC):
     def produce(self, topic: str, keys: Sequence[str], values: Sequence[bytes]) -> list[tuple[int, int]]:
         """Write records (partitioned by key) and return their (partition, offset) in input order."""
 
+    def commit_group_offsets(self, ranges: Sequence[OffsetRange]) -> str | None:
+        """Record, for monitoring only, that a consumer group has reached the end of `ranges`; returns why that
+        failed, or None. Logs without consumer groups have nothing to record."""
+        return None
+
 
 class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg, misc]
     """The real broker, reached by bootstrap servers."""
@@ -53,6 +59,7 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
     bootstrap_servers: str
     consumer_group: str = "k2-ingest"
     request_timeout_s: float = 30.0
+    group_commit_timeout_s: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaResource:
@@ -135,12 +142,12 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
         consumer = self._consumer()
         stops = {(r.topic, r.partition): r.stop for r in wanted}
         pending = set(stops)
-        cols: dict[str, list[object]] = {name: [] for name in RECORD_SCHEMA.names}
+        batches: list[pa.Table] = []
         try:
             consumer.assign([TopicPartition(r.topic, r.partition, r.start) for r in wanted])
             last_progress = time.monotonic()
             while pending:
-                messages = consumer.consume(num_messages=50_000, timeout=0.5)
+                messages = consumer.consume(num_messages=100_000, timeout=0.5)
                 if not messages:
                     if time.monotonic() - last_progress > self.request_timeout_s:
                         missing = ", ".join(f"{t}[{p}]" for t, p in sorted(pending))
@@ -150,39 +157,86 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
                         )
                     continue
                 last_progress = time.monotonic()
-                for msg in messages:
+                errors = [m for m in messages if m.error() is not None]
+                for msg in errors:
                     err = msg.error()
                     key = (msg.topic(), msg.partition())
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            if msg.offset() >= stops.get(key, 0):
-                                pending.discard(key)
-                            continue
+                    if err.code() != KafkaError._PARTITION_EOF:
                         raise BrokerUnavailableError(f"consuming {key[0]}[{key[1]}] failed: {err}")
-                    offset = msg.offset()
-                    stop = stops.get(key)
-                    if stop is None or offset >= stop:
+                    if msg.offset() >= stops.get(key, 0):
                         pending.discard(key)
-                        continue
-                    cols["kafka_topic"].append(key[0])
-                    cols["kafka_partition"].append(key[1])
-                    cols["kafka_offset"].append(offset)
-                    cols["kafka_ts"].append(msg.timestamp()[1] * 1000)
-                    raw_key = msg.key()
-                    cols["kafka_key"].append(raw_key.decode("utf-8", "replace") if raw_key is not None else None)
-                    cols["value"].append(msg.value())
-                    if offset >= stop - 1:
-                        pending.discard(key)
+                if errors:
+                    messages = [m for m in messages if m.error() is None]
+                if messages:
+                    batch = _records_table(messages, stops)
+                    batches.append(batch)
+                    pending -= _reached(batch, stops)
         finally:
             consumer.close()
-        table = pa.table(cols, schema=RECORD_SCHEMA)
+        table = pa.concat_tables(batches) if batches else RECORD_SCHEMA.empty_table()
         return table.sort_by(
             [("kafka_topic", "ascending"), ("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
         )
 
+    def commit_group_offsets(self, ranges: Sequence[OffsetRange]) -> str | None:
+        """Commit the consumer group's offsets to the end of `ranges` (after Iceberg committed them).
+
+        Informational only (ARCHITECTURE.md decision 2): lag dashboards read them, K2 never does. A failure is
+        returned as text for the caller to log, never raised: the data is already safely in Iceberg.
+        """
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        ends: dict[tuple[str, int], int] = {}
+        for r in ranges:
+            ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), r.stop), r.stop)
+        if not ends:
+            return None
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "group.id": self.consumer_group,
+                "enable.auto.commit": False,
+                "socket.timeout.ms": int(self.group_commit_timeout_s * 1000),
+            }
+        )
+        try:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(ends.items())]
+            results = consumer.commit(offsets=offsets, asynchronous=False)
+            failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in results or [] if tp.error is not None]
+            return "; ".join(failed) or None
+        except KafkaException as exc:
+            return f"committing consumer-group offsets of {self.consumer_group} failed: {exc}"
+        finally:
+            consumer.close()
+
+    def group_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+        """The consumer group's committed offset per partition (partitions without one are left out)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.bootstrap_servers, "group.id": self.consumer_group})
+        try:
+            committed = consumer.committed(
+                [TopicPartition(topic, p) for p in partitions], timeout=self.request_timeout_s
+            )
+        finally:
+            consumer.close()
+        return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
+
+    def _partition_count(self, topic: str) -> int:
+        meta = self._list_topics(self._admin()).get(topic)
+        if meta is None:
+            raise K2Error(f"topic {topic} does not exist: create it first (`k2 produce` does)")
+        return len(meta.partitions)  # type: ignore[attr-defined]
+
     def produce(self, topic: str, keys: Sequence[str], values: Sequence[bytes]) -> list[tuple[int, int]]:
+        """Write records with their partition chosen like librdkafka's default (CRC32 of the key), so each one's
+        offset follows from the per-partition order of the delivery reports (in produce order: the producer is
+        idempotent) and one callback serves every record."""
         from confluent_kafka import Producer
 
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys for {len(values)} values")
+        partitions = key_partitions(keys, self._partition_count(topic))
         producer = Producer(
             {
                 "bootstrap.servers": self.bootstrap_servers,
@@ -193,34 +247,103 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
                 "queue.buffering.max.messages": 1_000_000,
             }
         )
-        positions: list[tuple[int, int]] = [(-1, -1)] * len(values)
+        reported_partition: list[int] = []
+        reported_offset: list[int] = []
         failures: list[str] = []
 
-        def delivered(index: int):  # type: ignore[no-untyped-def]
-            def callback(err, msg) -> None:  # type: ignore[no-untyped-def]
-                if err is not None:
-                    failures.append(str(err))
-                else:
-                    positions[index] = (msg.partition(), msg.offset())
+        def delivered(err, msg) -> None:  # type: ignore[no-untyped-def]
+            if err is not None:
+                failures.append(str(err))
+            else:
+                reported_partition.append(msg.partition())
+                reported_offset.append(msg.offset())
 
-            return callback
-
-        for i, (key, value) in enumerate(zip(keys, values, strict=True)):
-            while True:
-                try:
-                    producer.produce(topic, key=key.encode(), value=value, on_delivery=delivered(i))
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            if i % 10_000 == 0:
-                producer.poll(0)
+        send, poll = producer.produce, producer.poll
+        for key, value, partition in zip((k.encode() for k in keys), values, partitions.tolist(), strict=True):
+            try:
+                send(topic, value, key, partition, delivered)
+            except BufferError:
+                poll(0.05)
+                send(topic, value, key, partition, delivered)
         remaining = producer.flush(self.request_timeout_s)
         if remaining or failures:
             raise BrokerUnavailableError(
                 f"{remaining} records undelivered and {len(failures)} failed producing to {topic} "
                 f"(first error: {failures[:1]}); is the broker at {self.bootstrap_servers} up?"
             )
-        return positions
+        return positions_from_reports(partitions, np.array(reported_partition), np.array(reported_offset))
+
+
+def key_partitions(keys: Sequence[str], partitions: int) -> np.ndarray:
+    """The partition of each key: CRC32(key) % partitions, librdkafka's default for keyed records."""
+    unique, inverse = np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)
+    per_key = np.array([_stable_partition(str(k), partitions) for k in unique], dtype=np.int64)
+    return per_key[inverse] if len(keys) else np.zeros(0, dtype=np.int64)
+
+
+def positions_from_reports(
+    partitions: np.ndarray, reported_partition: np.ndarray, reported_offset: np.ndarray
+) -> list[tuple[int, int]]:
+    """(partition, offset) per input record: the k-th record sent to a partition is its k-th delivery report."""
+    offsets = np.full(len(partitions), -1, dtype=np.int64)
+    for p in np.unique(partitions).tolist():
+        sent = np.flatnonzero(partitions == p)
+        got = reported_offset[reported_partition == p]
+        if len(got) != len(sent) or (len(got) > 1 and not bool(np.all(np.diff(got) > 0))):
+            raise K2Error(
+                f"partition {p}: {len(sent)} records sent but {len(got)} delivery reports in offset order; "
+                "the producer's ordering guarantee was broken (is enable.idempotence on?)"
+            )
+        offsets[sent] = got
+    return list(zip(partitions.tolist(), offsets.tolist(), strict=True))
+
+
+def _records_table(messages: list, stops: dict[tuple[str, int], int]) -> pa.Table:  # type: ignore[type-arg]
+    """Consumed messages as RECORD_SCHEMA rows, keeping only offsets below each partition's stop."""
+    table = pa.table(
+        {
+            "kafka_topic": pa.array([m.topic() for m in messages], pa.string()),
+            "kafka_partition": pa.array([m.partition() for m in messages], pa.int32()),
+            "kafka_offset": pa.array([m.offset() for m in messages], pa.int64()),
+            "kafka_ts": pc.multiply(pa.array([m.timestamp()[1] for m in messages], pa.int64()), 1000),
+            "kafka_key": _keys_as_text(pa.array([m.key() for m in messages], pa.binary())),
+            "value": pa.array([m.value() for m in messages], pa.binary()),
+        },
+        schema=RECORD_SCHEMA,
+    )
+    stop = np.full(table.num_rows, -1, dtype=np.int64)
+    topics = table["kafka_topic"].to_numpy(zero_copy_only=False)
+    parts = table["kafka_partition"].to_numpy()
+    for (t, p), s in stops.items():
+        stop[(topics == t) & (parts == p)] = s
+    return table.filter(pa.array(table["kafka_offset"].to_numpy() < stop))
+
+
+def _reached(batch: pa.Table, stops: dict[tuple[str, int], int]) -> set[tuple[str, int]]:
+    """Partitions whose last wanted offset is in `batch`."""
+    if batch.num_rows == 0:
+        return set()
+    last = batch.group_by(["kafka_topic", "kafka_partition"]).aggregate([("kafka_offset", "max")])
+    return {
+        (t, p)
+        for t, p, o in zip(
+            last["kafka_topic"].to_pylist(),
+            last["kafka_partition"].to_pylist(),
+            last["kafka_offset_max"].to_pylist(),
+            strict=True,
+        )
+        if o >= stops[(t, p)] - 1
+    }
+
+
+def _keys_as_text(keys: pa.Array) -> pa.Array:
+    """Record keys as text; keys that are not UTF-8 are decoded with replacement characters."""
+    try:
+        return keys.cast(pa.string())
+    except pa.ArrowInvalid:
+        return pa.array(
+            [k.decode("utf-8", "replace") if k is not None else None for k in keys.to_pylist()], pa.string()
+        )
 
 
 class FileTickLog(TickLog):

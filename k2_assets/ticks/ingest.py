@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.table import Table
 
+from k2_resources import faults
 from k2_resources.arrow_util import conform
-from k2_resources.avro import decode_values
+from k2_resources.avro import decode_column
 from k2_resources.errors import OffsetRangeError
 from k2_resources.iceberg import CommitOutcome, OffsetRange, commit_offset_ranges
 from k2_resources.kafka import TickLog
@@ -25,12 +26,13 @@ class RawIngestResult:
     records: int
     undecodable: int
     seconds: float
+    # Why the informational consumer-group offset commit failed (None: committed, or nothing to commit).
+    group_commit_error: str | None = None
 
 
 def decode_records(records: pa.Table, store: SchemaStore, landed_ts_us: int) -> pa.Table:
     """Kafka records -> raw_ticks rows (integer space). Undecodable values keep their bytes and the reason."""
-    decoded, errors = decode_values(records["value"].to_pylist(), store)
-    error_col = pa.array(errors, pa.string())
+    decoded, error_col = decode_column(records["value"], store)
     raw_value = pc.if_else(pc.is_valid(error_col), records["value"], pa.nulls(records.num_rows, pa.binary()))
     base = pl.from_arrow(records.drop_columns(["value"]))
     assert isinstance(base, pl.DataFrame)
@@ -58,8 +60,13 @@ def ingest_raw(
     ranges: Sequence[OffsetRange],
     store: SchemaStore,
     batch_id: str,
+    before_commit: Callable[[], None] | None = None,
 ) -> RawIngestResult:
-    """Read `ranges` from the log and append them to raw_ticks unless already committed."""
+    """Read `ranges` from the log and append them to raw_ticks unless already committed.
+
+    Then, for monitoring only, move the consumer group's offsets to what Iceberg now holds: a crash between the
+    two leaves the group behind, never ahead, and K2 never reads it back (the snapshot watermark is the truth).
+    """
     started = time.perf_counter()
     target_schema = table.schema().as_arrow()
     seen = {"records": 0, "undecodable": 0}
@@ -70,7 +77,10 @@ def ingest_raw(
         rows = decode_records(records, store, int(time.time() * 1_000_000))
         seen["records"] = rows.num_rows
         seen["undecodable"] = rows.num_rows - rows["decode_error"].null_count
+        faults.reach("raw_ticks.after_read")
         return conform(rows, target_schema)
 
-    outcome = commit_offset_ranges(table, ranges, build_rows, batch_id=batch_id)
-    return RawIngestResult(outcome, seen["records"], seen["undecodable"], time.perf_counter() - started)
+    outcome = commit_offset_ranges(table, ranges, build_rows, batch_id=batch_id, before_commit=before_commit)
+    faults.reach("raw_ticks.after_commit")
+    group_error = log.commit_group_offsets([*outcome.ranges_committed, *outcome.ranges_skipped])
+    return RawIngestResult(outcome, seen["records"], seen["undecodable"], time.perf_counter() - started, group_error)
