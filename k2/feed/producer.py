@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from k2.feed.simulator import Feed
-from k2_resources.avro import encode_ticks, frame
+from k2_resources.avro import encode_frame, frame
 from k2_resources.kafka import TickLog
 from k2_resources.schemas import TICK_SUBJECT, SchemaStore
 
@@ -35,7 +35,7 @@ def corrupt(value: bytes, kind: int) -> bytes:
 def produce_feed(log: TickLog, topic: str, feed: Feed, store: SchemaStore, partitions: int) -> ProduceResult:
     log.ensure_topic(topic, partitions)
     started = time.perf_counter()
-    values = encode_ticks(feed.ticks.to_dicts(), store, store.latest_id(TICK_SUBJECT))
+    values = encode_frame(feed.ticks, store, store.latest_id(TICK_SUBJECT)).to_pylist()
     for i, row in enumerate(feed.undecodable_rows.tolist()):
         values[row] = corrupt(values[row], i % 3)
     keys = feed.ticks["symbol"].to_list()
