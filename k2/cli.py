@@ -15,6 +15,7 @@ from rich.console import Console
 
 from k2.display import print_frame
 from k2.dr_cli import dr_app
+from k2_assets.maintenance.cli import maintain_app
 from k2_resources.env import Settings, load_settings
 from k2_resources.errors import K2Error
 
@@ -22,6 +23,7 @@ app = typer.Typer(help="K2 market data lakehouse.", no_args_is_help=True, pretty
 kafka_app = typer.Typer(help="The local Apache Kafka broker (KRaft).", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(dr_app, name="dr")
+app.add_typer(maintain_app, name="maintain")
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 
