@@ -13,8 +13,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from k2.display import print_frame
 from k2.dr_cli import dr_app
+from k2.query.cli import audit_app, auth_app, query_app
+from k2.replay import replay_cmd
+from k2.serving.metrics import metrics_app
+from k2.tags import tag_app
 from k2_assets.maintenance.cli import maintain_app
 from k2_resources.env import Settings, load_settings
 from k2_resources.errors import K2Error
@@ -23,6 +26,13 @@ app = typer.Typer(help="K2 market data lakehouse.", no_args_is_help=True, pretty
 kafka_app = typer.Typer(help="The local Apache Kafka broker (KRaft).", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(dr_app, name="dr")
+# Serving (issue 7): `k2 query` keeps `k2 query "SQL"` working (SQL is its default subcommand).
+app.add_typer(query_app, name="query")
+app.add_typer(auth_app, name="auth")
+app.add_typer(audit_app, name="audit")
+app.add_typer(metrics_app, name="metrics")
+app.add_typer(tag_app, name="tag")
+app.command("replay")(replay_cmd)
 app.add_typer(maintain_app, name="maintain")
 console = Console(width=None if sys.stdout.isatty() else 200)
 
@@ -132,30 +142,6 @@ def run(max_batches: Annotated[int, typer.Option(help="Stop after this many batc
     settings = _settings()
     summary = run_until_caught_up(settings, max_batches=max_batches, console=console)
     console.print(str(summary))
-
-
-@app.command()
-def query(
-    sql: Annotated[str, typer.Argument(help="SQL over the table views (raw_ticks, ticks, quarantine, bars_1m, ...)")],
-    limit: Annotated[int, typer.Option(help="Most rows to print")] = 50,
-    fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
-) -> None:
-    """Run SQL with DuckDB over the Iceberg tables."""
-    from k2_resources.duckdb import connect
-    from k2_resources.iceberg import IcebergResource
-
-    settings = _settings()
-    con = connect(IcebergResource.from_settings(settings))
-    result = con.sql(sql)
-    frame = result.pl() if result is not None else None
-    if frame is None:
-        return
-    if fmt == "csv":
-        sys.stdout.write(frame.head(limit).write_csv())
-    elif fmt == "json":
-        sys.stdout.write(frame.head(limit).write_json() + "\n")
-    else:
-        print_frame(console, frame.head(limit))
 
 
 def _prod_dagster_instance(dagster_home: Path) -> None:

@@ -6,6 +6,8 @@ import dagster as dg
 
 from k2_assets.bars.assets import bars_1m
 from k2_assets.maintenance.assets import MAINTENANCE_ASSETS, MAINTENANCE_JOBS, maintenance_schedules
+from k2_assets.serving.hooks import METRIC_HOOKS
+from k2_assets.serving.resources import MetricsResource
 from k2_assets.ticks.assets import raw_ticks, validated_ticks
 from k2_assets.ticks.checks import raw_ticks_offsets_exactly_once
 from k2_assets.ticks.sensors import INGEST_JOB, kafka_ticks_sensor
@@ -21,6 +23,7 @@ ingest_job = dg.define_asset_job(
     INGEST_JOB,
     selection=dg.AssetSelection.assets(raw_ticks, validated_ticks, bars_1m),
     description="One Kafka micro-batch through every stage: raw_ticks -> validated_ticks -> bars_1m.",
+    hooks=METRIC_HOOKS,  # each step's figures -> `k2 metrics serve`
 )
 
 
@@ -31,6 +34,7 @@ def resources_for(settings: Settings) -> dict[str, object]:
         "pipeline": PipelineResource.from_settings(settings),
         "duckdb": DuckDBResource(),
         "degradation": DegradationResource.from_settings(settings),
+        "metrics": MetricsResource.from_settings(settings),
     }
 
 

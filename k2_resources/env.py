@@ -27,18 +27,54 @@ Variables (all optional in the local profile):
     K2_MAX_CONSUMER_LAG      Kafka records behind the committed watermark that raise degradation level 1
                              (default 1000000; docs/DEGRADATION.md)
     K2_CATALOG_TIMEOUT_S     seconds to wait for the catalog before ingest pauses as level 2 (default 5)
+
+  Serving reads (k2.query, `k2 query`, governance, metrics):
+    K2_JWT_SECRET            HS256 secret that signs and verifies user tokens; required in prod (local default: a
+                             random secret generated once into <K2_HOME>/auth/jwt.secret)
+    K2_TOKEN                 the caller's JWT for the CLI (same as --token)
+    K2_API_KEY               the caller's API key for the CLI (same as --api-key)
+    K2_LOCAL_ROLE            role of a caller with no credentials: local default admin; `none` (the prod default)
+                             means every caller must present a token or API key
+    K2_QUERY_MAX_CONCURRENT  queries run at once per process; further queries wait in a queue (default 10)
+    K2_QUERY_QUEUE_TIMEOUT_S longest wait for a query slot before QueryQueueTimeoutError (default 300)
+    K2_QUERY_TIMEOUT_S       run time after which a query is interrupted (default 300)
+    K2_QUERY_MEMORY_LIMIT    DuckDB memory limit per query, no spilling (default 2GB)
+    K2_QUERY_THREADS         DuckDB threads per query (default: DuckDB's, one per core)
+    K2_QUERY_TAIL_MAX_RECORDS  most Kafka records past the ingest watermark one query reads (default 2000000)
+    K2_QUERY_WINDOW_S        default look-back of a tick query given no start (default 60)
+    K2_METRICS_DIR           where Dagster runs record figures for `k2 metrics serve` (default <K2_HOME>/metrics)
+    K2_METRICS_PORT          port of `k2 metrics serve` on 127.0.0.1 (default 9464)
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from k2_resources.errors import ConfigurationError
 
 DEFAULT_KAFKA_PORT = 19092
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Query limits, governance and metrics knobs (k2.query, k2_resources.auth, k2_resources.metrics)."""
+
+    jwt_secret: str | None = None
+    token: str | None = None
+    api_key: str | None = None
+    local_role: str | None = "admin"
+    max_concurrent: int = 10
+    queue_timeout_s: float = 300.0
+    timeout_s: float = 300.0
+    memory_limit: str = "2GB"
+    threads: int | None = None
+    tail_max_records: int = 2_000_000
+    window_s: float = 60.0
+    metrics_dir: Path | None = None
+    metrics_port: int = 9464
 
 
 @dataclass(frozen=True)
@@ -62,6 +98,7 @@ class Settings:
     schema_registry_url: str | None = None
     max_consumer_lag: int = 1_000_000
     catalog_timeout_s: int = 5
+    serving: ServingSettings = field(default_factory=ServingSettings)
 
     @property
     def dlq_topic(self) -> str:
@@ -119,6 +156,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         schema_registry_url=environ.get("K2_SCHEMA_REGISTRY_URL") or None,
         max_consumer_lag=_int(environ, "K2_MAX_CONSUMER_LAG", 1_000_000),
         catalog_timeout_s=_int(environ, "K2_CATALOG_TIMEOUT_S", 5),
+        serving=_serving(environ, env, home),
     )
 
 
@@ -127,3 +165,24 @@ def _default_dagster_pg_url(catalog_uri: str | None) -> str | None:
     if catalog_uri and catalog_uri.startswith("postgresql"):
         return catalog_uri
     return None
+
+
+def _serving(environ: Mapping[str, str], env: str, home: Path) -> ServingSettings:
+    local_role = environ.get("K2_LOCAL_ROLE") or ("admin" if env == "local" else "none")
+    threads = _int(environ, "K2_QUERY_THREADS", 0)
+    secret = environ.get("K2_JWT_SECRET") or None
+    return ServingSettings(
+        jwt_secret=secret,
+        token=environ.get("K2_TOKEN") or None,
+        api_key=environ.get("K2_API_KEY") or None,
+        local_role=None if local_role == "none" else local_role,
+        max_concurrent=_int(environ, "K2_QUERY_MAX_CONCURRENT", 10),
+        queue_timeout_s=float(_int(environ, "K2_QUERY_QUEUE_TIMEOUT_S", 300)),
+        timeout_s=float(_int(environ, "K2_QUERY_TIMEOUT_S", 300)),
+        memory_limit=environ.get("K2_QUERY_MEMORY_LIMIT") or "2GB",
+        threads=threads or None,
+        tail_max_records=_int(environ, "K2_QUERY_TAIL_MAX_RECORDS", 2_000_000),
+        window_s=float(_int(environ, "K2_QUERY_WINDOW_S", 60)),
+        metrics_dir=Path(environ.get("K2_METRICS_DIR") or home / "metrics").resolve(),
+        metrics_port=_int(environ, "K2_METRICS_PORT", 9464),
+    )

@@ -102,3 +102,42 @@ class MaintenanceError(K2Error):
 
 class TagExistsError(K2Error):
     """A tag of that name already exists: pick another name (`k2 tag list` shows the existing ones)."""
+
+
+# Serving reads: authentication, authorization, audit and query limits.
+
+
+class AuthenticationError(K2Error):
+    """The caller could not be identified: the token or API key is missing, forged, malformed or revoked."""
+
+
+class TokenExpiredError(AuthenticationError):
+    """The token's signature is valid but it has expired: ask an admin for a new one (`k2 auth token`)."""
+
+
+class PermissionDeniedError(K2Error):
+    """The caller's role may not perform this action on this resource; the refusal is in the audit log."""
+
+
+class AuditWriteError(K2Error):
+    """The audit log could not be appended, so the read was not served (K2 serves no unaudited reads)."""
+
+
+class QueryLimitError(QueryError):
+    """A query hit a resource limit (queue wait, run time, memory, Kafka tail size): narrow it or raise the limit."""
+
+
+class QueryQueueTimeoutError(QueryLimitError):
+    """Every query slot stayed busy for longer than the queue timeout (K2_QUERY_QUEUE_TIMEOUT_S)."""
+
+
+class QueryTimeoutError(QueryLimitError):
+    """The query ran past K2_QUERY_TIMEOUT_S and was interrupted."""
+
+
+class QueryMemoryError(QueryLimitError):
+    """The query needed more than K2_QUERY_MEMORY_LIMIT of memory and was stopped."""
+
+
+class TailTooLargeError(QueryLimitError):
+    """More records wait in Kafka past the ingest watermark than one query may read (K2_QUERY_TAIL_MAX_RECORDS)."""

@@ -12,6 +12,7 @@ from pyiceberg.types import (
     BinaryType,
     DateType,
     DecimalType,
+    DoubleType,
     IntegerType,
     ListType,
     LongType,
@@ -163,3 +164,33 @@ BARS_1M = TableDef(
 )
 
 ALL_TABLES: tuple[TableDef, ...] = (RAW_TICKS, TICKS, QUARANTINE, BARS_1M)
+
+# Append-only by contract: K2 appends one row per read (allowed, denied or failed) and offers no way to delete or
+# rewrite one. Kept out of ALL_TABLES: it is created by the first audited read, not by the ingest pipeline.
+APPEND_ONLY_PROPERTY = "k2.append-only"
+AUDIT_LOG = TableDef(
+    name="audit_log",
+    doc="Every read through K2 (API and CLI), allowed or denied: who, what, when, from where, outcome.",
+    schema=Schema(
+        NestedField(1, "event_id", StringType(), required=False, doc="Unique id of the audited call"),
+        NestedField(2, "event_ts", TimestamptzType(), required=False, doc="When the call finished (UTC)"),
+        NestedField(3, "user_id", StringType(), required=False, doc="Authenticated user (or the claimed one)"),
+        NestedField(4, "role", StringType(), required=False, doc="trader, quant, compliance, admin"),
+        NestedField(5, "auth_method", StringType(), required=False, doc="jwt, api_key or local"),
+        NestedField(6, "action", StringType(), required=False, doc="ticks, bars, latest, asof_join, sql, replay, ..."),
+        NestedField(7, "resource", StringType(), required=False, doc="Resources read, e.g. market_data.ticks"),
+        NestedField(
+            8, "symbols", ListType(9, StringType(), element_required=False), required=False, doc="Symbols asked for"
+        ),
+        NestedField(10, "range_start", TimestamptzType(), required=False, doc="Start of the time range asked for"),
+        NestedField(11, "range_end", TimestamptzType(), required=False, doc="End of the time range asked for"),
+        NestedField(12, "as_of", StringType(), required=False, doc="Time-travel reference (snapshot, tag, time)"),
+        NestedField(13, "row_count", LongType(), required=False, doc="Rows returned"),
+        NestedField(14, "outcome", StringType(), required=False, doc="allowed, denied or error"),
+        NestedField(15, "detail", StringType(), required=False, doc="Why it was denied or failed; the SQL text"),
+        NestedField(16, "client_address", StringType(), required=False, doc="Where the call came from"),
+        NestedField(17, "duration_ms", DoubleType(), required=False, doc="Wall time of the call"),
+    ),
+    partition_spec=PartitionSpec(PartitionField(2, 1000, DayTransform(), "event_day")),
+    properties={**DERIVED_PROPERTIES, APPEND_ONLY_PROPERTY: "true", "k2.retention": "7y"},
+)

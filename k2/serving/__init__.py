@@ -1,0 +1,1 @@
+"""Serving-side processes: the Prometheus endpoint (`k2 metrics serve`)."""
