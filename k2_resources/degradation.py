@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 
@@ -72,8 +73,10 @@ def probe_catalog(iceberg: IcebergResource, timeout_s: float) -> str | None:
     """None if the catalog database answers `SELECT 1` within `timeout_s`, else why not."""
     import sqlalchemy as sa
 
-    args = {"connect_timeout": max(1, int(timeout_s))} if iceberg.catalog_uri.startswith("postgresql") else {}
-    if iceberg.catalog_uri.startswith("sqlite"):
+    args: dict[str, Any] = {}
+    if iceberg.catalog_uri.startswith("postgresql"):
+        args = {"connect_timeout": max(1, int(timeout_s))}
+    elif iceberg.catalog_uri.startswith("sqlite"):
         args = {"timeout": timeout_s}
     engine = sa.create_engine(iceberg.catalog_uri, connect_args=args, poolclass=sa.pool.NullPool)
     try:
