@@ -10,6 +10,7 @@ from k2_assets.serving.hooks import METRIC_HOOKS
 from k2_assets.serving.resources import MetricsResource
 from k2_assets.ticks.assets import raw_ticks, validated_ticks
 from k2_assets.ticks.checks import raw_ticks_offsets_exactly_once
+from k2_assets.ticks.quality import QualityResource
 from k2_assets.ticks.sensors import INGEST_JOB, kafka_ticks_sensor
 from k2_resources.degradation import DegradationResource
 from k2_resources.duckdb import DuckDBResource
@@ -35,6 +36,7 @@ def resources_for(settings: Settings) -> dict[str, object]:
         "duckdb": DuckDBResource(),
         "degradation": DegradationResource.from_settings(settings),
         "metrics": MetricsResource.from_settings(settings),
+        "quality": QualityResource.from_settings(settings),
     }
 
 

@@ -141,3 +141,22 @@ class QueryMemoryError(QueryLimitError):
 
 class TailTooLargeError(QueryLimitError):
     """More records wait in Kafka past the ingest watermark than one query may read (K2_QUERY_TAIL_MAX_RECORDS)."""
+
+
+# Data quality (validated_ticks): state, quality gate, dead letters, releases.
+
+
+class StateSnapshotExpiredError(K2Error):
+    """The table snapshot holding the validation state at a batch's first offsets has been expired."""
+
+
+class QualityGateError(K2Error):
+    """A Great Expectations suite could not be loaded or run (not a failed expectation: that blocks the batch)."""
+
+
+class DeadLetterError(K2Error):
+    """Undecodable records could not be written to the dead-letter topic; the batch was not committed."""
+
+
+class ReleaseError(K2Error):
+    """A quarantine release was refused (unknown or non-releasable reason, nothing matching)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 from pyiceberg import expressions as ex
@@ -29,3 +30,15 @@ def any_of(clauses: list[BooleanExpression]) -> BooleanExpression:
     if not clauses:
         return ex.AlwaysFalse()
     return functools.reduce(ex.Or, clauses)
+
+
+def is_in(column: str, values: Iterable[Any]) -> BooleanExpression:
+    """Set membership; an empty set matches nothing."""
+    items = list(values)
+    if not items:
+        return ex.AlwaysFalse()
+    return ex.In(column, items)  # type: ignore[call-arg, arg-type]
+
+
+def is_null(column: str) -> BooleanExpression:
+    return ex.IsNull(column)  # type: ignore[call-arg, arg-type]

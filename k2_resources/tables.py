@@ -10,6 +10,7 @@ from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import DayTransform, IdentityTransform, TruncateTransform
 from pyiceberg.types import (
     BinaryType,
+    BooleanType,
     DateType,
     DecimalType,
     DoubleType,
@@ -194,3 +195,98 @@ AUDIT_LOG = TableDef(
     partition_spec=PartitionSpec(PartitionField(2, 1000, DayTransform(), "event_day")),
     properties={**DERIVED_PROPERTIES, APPEND_ONLY_PROPERTY: "true", "k2.retention": "7y"},
 )
+
+# Data quality (issue 4): sequence tracking, tracker state, GE results, quarantine releases. The first two are
+# written with the Kafka watermark like ticks (ARCHITECTURE.md decision 2), so a re-run batch is never applied twice.
+SEQUENCE_GAPS = TableDef(
+    name="sequence_gaps",
+    doc="Sequence gaps and resets per (exchange, symbol); a later arrival that fills a gap closes it (filled_at).",
+    schema=Schema(
+        NestedField(1, "gap_id", StringType(), required=False, doc="exchange|symbol|trading_date|epoch|first_missing"),
+        NestedField(2, "kind", StringType(), required=False, doc="gap, or reset (sequence dropped by more than 50%)"),
+        NestedField(3, "exchange", StringType(), required=False),
+        NestedField(4, "symbol", StringType(), required=False),
+        NestedField(5, "epoch", LongType(), required=False, doc="Sequence epoch of the symbol; a reset starts one"),
+        NestedField(6, "trading_date", DateType(), required=False, doc="Trading date of the tick that revealed it"),
+        NestedField(7, "expected", LongType(), required=False, doc="Sequence the tracker expected next"),
+        NestedField(8, "received", LongType(), required=False, doc="Sequence that arrived instead"),
+        NestedField(9, "first_missing", LongType(), required=False),
+        NestedField(10, "last_missing", LongType(), required=False),
+        NestedField(11, "missing_count", LongType(), required=False),
+        NestedField(12, "filled_count", LongType(), required=False, doc="Missing sequences that arrived since"),
+        NestedField(13, "detected_at", TimestamptzType(), required=False),
+        NestedField(14, "filled_at", TimestamptzType(), required=False, doc="When the last missing sequence arrived"),
+        NestedField(15, "batch_id", StringType(), required=False, doc="Run / batch that detected it"),
+        NestedField(16, "raw_snapshot_id", LongType(), required=False, doc="raw_ticks snapshot the batch came from"),
+    ),
+    partition_spec=PartitionSpec(PartitionField(13, 1000, DayTransform(), "detected_day")),
+    properties=INGEST_PROPERTIES,
+)
+
+SYMBOL_STATE = TableDef(
+    name="symbol_state",
+    doc="Sequence tracker and anomaly reference per (exchange, symbol) after the last validated batch.",
+    schema=Schema(
+        NestedField(1, "exchange", StringType(), required=False),
+        NestedField(2, "symbol", StringType(), required=False),
+        NestedField(3, "epoch", LongType(), required=False),
+        NestedField(4, "trading_date", DateType(), required=False),
+        NestedField(5, "last_sequence", LongType(), required=False, doc="Highest sequence of the current epoch"),
+        NestedField(6, "last_arrival_sequence", LongType(), required=False),
+        NestedField(7, "last_arrival_ts", TimestamptzType(), required=False),
+        NestedField(8, "last_price", PRICE, required=False, doc="Last valid price: the next anomaly reference"),
+        NestedField(9, "last_price_ts", TimestamptzType(), required=False),
+        NestedField(10, "updated_at", TimestamptzType(), required=False),
+        NestedField(11, "batch_id", StringType(), required=False),
+    ),
+    properties=INGEST_PROPERTIES,
+)
+
+DQ_RESULTS = TableDef(
+    name="dq_results",
+    doc="One row per Great Expectations expectation per check run: the compliance record of every quality gate.",
+    schema=Schema(
+        NestedField(1, "run_id", StringType(), required=False, doc="Dagster run (or caller) that ran the check"),
+        NestedField(2, "asset", StringType(), required=False, doc="Asset / table checked, e.g. validated_ticks"),
+        NestedField(3, "batch", StringType(), required=False, doc="Batch key (Kafka ranges) or partition checked"),
+        NestedField(4, "suite", StringType(), required=False, doc="Suite name and version"),
+        NestedField(5, "expectation", StringType(), required=False, doc="Expectation type"),
+        NestedField(6, "column", StringType(), required=False, doc="Column(s) it is about"),
+        NestedField(7, "success", BooleanType(), required=False),
+        NestedField(8, "observed_value", StringType(), required=False, doc="Observed value or unexpected sample, JSON"),
+        NestedField(9, "element_count", LongType(), required=False),
+        NestedField(10, "unexpected_count", LongType(), required=False),
+        NestedField(11, "checked_at", TimestamptzType(), required=False),
+        NestedField(12, "snapshot_id", LongType(), required=False, doc="Audit-branch snapshot that was checked"),
+        NestedField(13, "published", BooleanType(), required=False, doc="Whether the batch went on to main"),
+        NestedField(14, "kwargs", StringType(), required=False, doc="Expectation arguments, JSON"),
+    ),
+    partition_spec=PartitionSpec(PartitionField(11, 1000, DayTransform(), "checked_day")),
+    properties={**DERIVED_PROPERTIES, "k2.append-only": "true"},
+)
+
+QUARANTINE_RELEASES = TableDef(
+    name="quarantine_releases",
+    doc="Audit record of quarantined ticks a reviewer released into ticks (`k2 quarantine release`).",
+    schema=Schema(
+        NestedField(1, "release_id", StringType(), required=False),
+        NestedField(2, "released_at", TimestamptzType(), required=False),
+        NestedField(3, "released_by", StringType(), required=False),
+        NestedField(4, "reason", StringType(), required=False, doc="Reason code released, e.g. anomaly"),
+        NestedField(5, "note", StringType(), required=False),
+        NestedField(6, "kafka_topic", StringType(), required=False),
+        NestedField(7, "kafka_partition", IntegerType(), required=False),
+        NestedField(8, "kafka_offset", LongType(), required=False),
+        NestedField(9, "exchange", StringType(), required=False),
+        NestedField(10, "symbol", StringType(), required=False),
+        NestedField(11, "sequence", LongType(), required=False),
+        NestedField(12, "exchange_ts", TimestamptzType(), required=False),
+        NestedField(13, "price", PRICE, required=False),
+        NestedField(14, "outcome", StringType(), required=False, doc="published, or duplicate (already in ticks)"),
+        NestedField(15, "ticks_snapshot_id", LongType(), required=False, doc="ticks snapshot that added it"),
+    ),
+    partition_spec=PartitionSpec(PartitionField(2, 1000, DayTransform(), "released_day")),
+    properties={**DERIVED_PROPERTIES, "k2.append-only": "true"},
+)
+
+QUALITY_TABLES: tuple[TableDef, ...] = (SEQUENCE_GAPS, SYMBOL_STATE, DQ_RESULTS, QUARANTINE_RELEASES)

@@ -4,13 +4,14 @@ import dagster as dg
 
 from k2_assets.ticks.ingest import ingest_raw
 from k2_assets.ticks.planning import plan_ranges, ranges_from_config, ranges_to_config
-from k2_assets.ticks.publish import publish_validated
+from k2_assets.ticks.validated import validated_ticks
 from k2_resources.iceberg import IcebergResource, read_watermarks
 from k2_resources.kafka import KafkaResource
 from k2_resources.pipeline import PipelineResource
-from k2_resources.tables import QUARANTINE, RAW_TICKS, TICKS
+from k2_resources.tables import RAW_TICKS
 
 GROUP = "ticks"
+__all__ = ["raw_ticks", "validated_ticks"]  # validated_ticks lives in validated.py (its quality gate)
 
 
 class OffsetRangeConfig(dg.Config):
@@ -63,42 +64,5 @@ def raw_ticks(
             "commit_attempts": out.attempts,
             "seconds": round(result.seconds, 3),
             "rows_per_second": round(out.rows_appended / result.seconds) if result.seconds > 0 else 0,
-        }
-    )
-
-
-@dg.asset(
-    group_name=GROUP,
-    deps=[raw_ticks],
-    kinds={"polars", "iceberg"},
-    description="Validated, deduplicated ticks; failing rows go to market_data.quarantine with reason codes.",
-)
-def validated_ticks(
-    context: dg.AssetExecutionContext, iceberg: IcebergResource, pipeline: PipelineResource
-) -> dg.MaterializeResult:  # type: ignore[type-arg]
-    raw = iceberg.ensure_table(RAW_TICKS)
-    ticks = iceberg.ensure_table(TICKS)
-    quarantine = iceberg.ensure_table(QUARANTINE)
-    result = publish_validated(
-        raw,
-        ticks,
-        quarantine,
-        batch_id=context.run_id,
-        max_per_partition=pipeline.max_batch_per_partition,
-        derivative_symbols=frozenset(pipeline.derivative_symbols),
-    )
-    validation = result.validation
-    published = result.ticks.rows_appended if result.ticks else 0
-    quarantined = result.quarantine.rows_appended if result.quarantine else 0
-    return dg.MaterializeResult(
-        metadata={
-            "rows_in": result.rows_in,
-            "rows_published": published,
-            "rows_quarantined": quarantined,
-            "quarantined_by_reason": dg.MetadataValue.json(validation.quarantined_by_reason if validation else {}),
-            "duplicates": validation.duplicates.height if validation else 0,
-            "ranges": dg.MetadataValue.json(ranges_to_config(result.ranges)),
-            "snapshot_id": str(result.ticks.snapshot_id if result.ticks else None),
-            "seconds": round(result.seconds, 3),
         }
     )

@@ -1,21 +1,32 @@
-"""Validation of raw ticks: business rules, duplicates, undecodable values. Pure polars, no I/O.
+"""Validation of raw ticks: business rules, duplicates (inside the batch and against ticks already published),
+price anomalies. Pure polars, no I/O: the state carried across batches comes in as frames.
 
 Every raw row ends in exactly one of: validated ticks, quarantine (with reason codes), or counted duplicates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
+
+from k2_assets.ticks.anomaly import flag_anomalies
+from k2_assets.ticks.sessions import trading_dates
 
 # Reason codes written to quarantine.reasons. Stable strings: compliance reports group by them.
 UNDECODABLE = "undecodable"
 MISSING_FIELD = "missing_field"
 NON_POSITIVE_PRICE = "non_positive_price"
 NEGATIVE_VOLUME = "negative_volume"
+FUTURE_TIMESTAMP = "future_timestamp"
+ANOMALY = "anomaly"
+REASONS = (UNDECODABLE, MISSING_FIELD, NON_POSITIVE_PRICE, NEGATIVE_VOLUME, FUTURE_TIMESTAMP, ANOMALY)
+# Reasons a reviewer may release back into ticks (`k2 quarantine release`); the others are broken data.
+RELEASABLE = (ANOMALY,)
 
 KEY = ["exchange", "symbol", "sequence"]
+# Sequence numbers are unique per (exchange, symbol) within a trading session: feeds reset them at the open.
+DEDUP_KEY = ["exchange", "symbol", "trading_date", "sequence"]
 REQUIRED = ["exchange", "symbol", "sequence", "exchange_ts", "price", "volume"]
 TICK_COLUMNS = [
     "exchange",
@@ -30,53 +41,133 @@ TICK_COLUMNS = [
     "conditions",
 ]
 SOURCE_COLUMNS = ["kafka_topic", "kafka_partition", "kafka_offset"]
+RECEIVED_COLUMNS = ["exchange", "symbol", "sequence", "exchange_ts", "trading_date", "price", "valid", "arrival"]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Row-level rules (ARCHITECTURE.md: price > 0 unless a derivative, volume >= 0, the >10% jump)."""
+
+    derivative_symbols: frozenset[str] = frozenset()
+    anomaly_bps: int = 1_000  # |price / last valid price - 1| above this many basis points is an anomaly
+    future_tolerance_us: int = 5_000_000  # exchange_ts may lead the validator's clock by this much (clock skew)
 
 
 @dataclass(frozen=True)
 class ValidationResult:
-    ticks: pl.DataFrame  # TICK_COLUMNS + SOURCE_COLUMNS
-    quarantine: pl.DataFrame  # SOURCE_COLUMNS + TICK_COLUMNS + reasons, detail, raw_value
-    duplicates: pl.DataFrame  # SOURCE_COLUMNS of rows dropped as duplicates of an earlier offset
+    ticks: pl.DataFrame  # TICK_COLUMNS + SOURCE_COLUMNS, in arrival order
+    quarantine: pl.DataFrame  # SOURCE_COLUMNS + TICK_COLUMNS + reasons, detail, raw_value, kafka_key, decode_error
+    duplicates: pl.DataFrame  # SOURCE_COLUMNS + duplicate_of ("batch" | "ticks") of rows dropped as duplicates
+    received: pl.DataFrame = field(default_factory=pl.DataFrame)  # RECEIVED_COLUMNS: what the sequence tracker sees
 
     @property
     def quarantined_by_reason(self) -> dict[str, int]:
         if self.quarantine.is_empty():
             return {}
-        counts = self.quarantine.select(pl.col("reasons").explode()).group_by("reasons").len()
+        counts = self.quarantine.select(pl.col("reasons").explode()).group_by("reasons").len().sort("reasons")
         return {str(r): int(n) for r, n in counts.iter_rows()}
+
+    @property
+    def duplicates_by_kind(self) -> dict[str, int]:
+        if self.duplicates.is_empty():
+            return {}
+        counts = self.duplicates.group_by("duplicate_of").len().sort("duplicate_of")
+        return {str(k): int(n) for k, n in counts.iter_rows()}
 
 
 def _reason(condition: pl.Expr, code: str) -> pl.Expr:
     return pl.when(condition).then(pl.lit(code)).otherwise(pl.lit(None, pl.String))
 
 
-def validate(raw: pl.DataFrame, derivative_symbols: frozenset[str] = frozenset()) -> ValidationResult:
+def _decimal(millionths: pl.Expr) -> pl.Expr:
+    """Scaled-integer price as text for a human (display only)."""
+    return (millionths / 1_000_000).round(6).cast(pl.String)
+
+
+def empty_keys() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={"exchange": pl.String, "symbol": pl.String, "trading_date": pl.Date, "sequence": pl.Int64}
+    )
+
+
+def validate(
+    raw: pl.DataFrame,
+    derivative_symbols: frozenset[str] = frozenset(),
+    *,
+    rules: Rules | None = None,
+    seen_keys: pl.DataFrame | None = None,
+    last_prices: pl.DataFrame | None = None,
+    now_us: int | None = None,
+) -> ValidationResult:
     """Split a raw batch (integer space: price scaled by 1e6, timestamps in µs) into ticks, quarantine, duplicates.
 
-    Price must be > 0 except for symbols in `derivative_symbols` (spreads and some derivatives trade at or below
-    zero); volume must be >= 0; required fields present. Duplicates on (exchange, symbol, sequence) keep the
-    lowest Kafka offset.
+    `seen_keys` (exchange, symbol, trading_date, sequence) are keys already published in ticks: a row matching one
+    is a duplicate of an earlier batch. `last_prices` (exchange, symbol, last_price) is the last valid price of each
+    symbol at the end of the previous batch, the reference of the first anomaly check. Duplicates inside the batch
+    keep the lowest Kafka offset. Rows are processed in arrival order (topic, partition, offset).
     """
+    rules = rules or Rules(derivative_symbols=derivative_symbols)
+    derivatives = list(rules.derivative_symbols | derivative_symbols)
+    ordered = raw.sort(SOURCE_COLUMNS).with_row_index("arrival")
+    ordered = ordered.with_columns(trading_dates(ordered))
     missing = pl.any_horizontal([pl.col(c).is_null() for c in REQUIRED])
     decoded = pl.col("decode_error").is_null()
-    checks = raw.with_columns(
-        pl.concat_list(
-            _reason(~decoded, UNDECODABLE),
-            _reason(decoded & missing, MISSING_FIELD),
-            _reason(
-                decoded & (pl.col("price") <= 0) & ~pl.col("symbol").is_in(list(derivative_symbols)), NON_POSITIVE_PRICE
+    checks = [
+        _reason(~decoded, UNDECODABLE),
+        _reason(decoded & missing, MISSING_FIELD),
+        _reason(decoded & (pl.col("price") <= 0) & ~pl.col("symbol").is_in(derivatives), NON_POSITIVE_PRICE),
+        _reason(decoded & (pl.col("volume") < 0), NEGATIVE_VOLUME),
+    ]
+    if now_us is not None:
+        checks.append(_reason(decoded & (pl.col("exchange_ts") > now_us + rules.future_tolerance_us), FUTURE_TIMESTAMP))
+    checked = ordered.with_columns(pl.concat_list(checks).list.drop_nulls().alias("reasons"))
+    failed = checked.filter(pl.col("reasons").list.len() > 0)
+    passed = checked.filter(pl.col("reasons").list.len() == 0)
+
+    first_of_key = passed.select(pl.struct(DEDUP_KEY).is_first_distinct()).to_series()
+    in_batch_dups = passed.filter(~first_of_key).with_columns(pl.lit("batch").alias("duplicate_of"))
+    unique = passed.filter(first_of_key)
+    if seen_keys is not None and not seen_keys.is_empty():
+        seen = seen_keys.select(DEDUP_KEY).unique().with_columns(pl.lit(True).alias("_seen"))
+        unique = unique.join(seen, on=DEDUP_KEY, how="left", maintain_order="left")
+        table_dups = unique.filter(pl.col("_seen").is_not_null()).with_columns(pl.lit("ticks").alias("duplicate_of"))
+        unique = unique.filter(pl.col("_seen").is_null()).drop("_seen")
+        table_dups = table_dups.drop("_seen")
+    else:
+        table_dups = in_batch_dups.clear()
+    duplicates = pl.concat([in_batch_dups, table_dups]).select([*SOURCE_COLUMNS, "duplicate_of"])
+
+    flags = flag_anomalies(unique, last_prices, rules.anomaly_bps)
+    unique = unique.with_columns(flags["anomaly"].alias("_anomaly"), flags["reference"].alias("_reference"))
+    ticks = unique.filter(~pl.col("_anomaly")).select(TICK_COLUMNS + SOURCE_COLUMNS)
+    anomalies = unique.filter(pl.col("_anomaly")).with_columns(
+        pl.lit([ANOMALY]).alias("reasons"),
+        pl.format(
+            "price {} vs last valid {} ({}%)",
+            _decimal(pl.col("price")),
+            _decimal(pl.col("_reference")),
+            ((pl.col("price") - pl.col("_reference")) * 1000 // pl.col("_reference") / 10).round(1),
+        ).alias("decode_error"),
+    )
+
+    quarantine_cols = [
+        *SOURCE_COLUMNS,
+        *TICK_COLUMNS,
+        "reasons",
+        pl.col("decode_error").alias("detail"),
+        "raw_value",
+        *(["kafka_key"] if "kafka_key" in raw.columns else []),
+        "arrival",
+    ]
+    quarantine = pl.concat([failed.select(quarantine_cols), anomalies.select(quarantine_cols)]).sort("arrival")
+    received = pl.concat(
+        [
+            unique.select([*RECEIVED_COLUMNS[:-2], (~pl.col("_anomaly")).alias("valid"), "arrival"]),
+            failed.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in DEDUP_KEY])).select(
+                [*RECEIVED_COLUMNS[:-2], pl.lit(False).alias("valid"), "arrival"]
             ),
-            _reason(decoded & (pl.col("volume") < 0), NEGATIVE_VOLUME),
-        )
-        .list.drop_nulls()
-        .alias("reasons")
+        ]
+    ).sort("arrival")
+    return ValidationResult(
+        ticks=ticks, quarantine=quarantine.drop("arrival"), duplicates=duplicates, received=received
     )
-    failed = checks.filter(pl.col("reasons").list.len() > 0)
-    passed = checks.filter(pl.col("reasons").list.len() == 0).sort(SOURCE_COLUMNS)
-    first_of_key = passed.select(pl.struct(KEY).is_first_distinct()).to_series()
-    ticks = passed.filter(first_of_key).select(TICK_COLUMNS + SOURCE_COLUMNS)
-    duplicates = passed.filter(~first_of_key).select(SOURCE_COLUMNS)
-    quarantine = failed.select(
-        SOURCE_COLUMNS + TICK_COLUMNS + ["reasons", pl.col("decode_error").alias("detail"), "raw_value"]
-    )
-    return ValidationResult(ticks=ticks, quarantine=quarantine, duplicates=duplicates)

@@ -8,7 +8,7 @@ from k2_assets.definitions import build_definitions
 from k2_resources.env import load_settings
 
 EXPECTED_ASSETS = {"raw_ticks", "validated_ticks", "bars_1m", "compaction", "expire_snapshots", "remove_orphan_files"}
-EXPECTED_CHECKS = {("raw_ticks", "raw_ticks_offsets_exactly_once")}
+EXPECTED_CHECKS = {("raw_ticks", "raw_ticks_offsets_exactly_once"), ("validated_ticks", "ticks_quality_gate")}
 EXPECTED_JOBS = {"ingest_job", "compaction_job", "expire_snapshots_job", "remove_orphan_files_job"}
 EXPECTED_SENSORS = {"kafka_ticks_sensor"}
 EXPECTED_SCHEDULES = {"compaction_schedule", "expire_snapshots_schedule", "remove_orphan_files_schedule"}

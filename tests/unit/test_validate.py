@@ -25,8 +25,9 @@ def raw(**overrides: list[object]) -> pl.DataFrame:
         "raw_value": [None] * n,
     }
     base.update(overrides)
-    return pl.DataFrame(base, schema_overrides={"conditions": pl.List(pl.String), "raw_value": pl.Binary,
-                                                 "decode_error": pl.String})
+    return pl.DataFrame(
+        base, schema_overrides={"conditions": pl.List(pl.String), "raw_value": pl.Binary, "decode_error": pl.String}
+    )
 
 
 def test_every_raw_row_lands_in_exactly_one_outcome() -> None:
@@ -49,7 +50,7 @@ def test_every_raw_row_lands_in_exactly_one_outcome() -> None:
 
 
 def test_derivative_symbols_may_trade_at_non_positive_prices() -> None:
-    result = validate(raw(price=[0, -1_000_000, 5, 6]), derivative_symbols=frozenset({"BHP"}))
+    result = validate(raw(price=[0, -1_000_000, 5_000_000, 5_010_000]), derivative_symbols=frozenset({"BHP"}))
     assert result.quarantine.is_empty()
 
 

@@ -1,0 +1,202 @@
+"""Running the Great Expectations 1.x suites of `quality_suites/` directly (dagster-ge supports only GE < 1).
+
+GE is imported lazily (the import takes seconds) and used through an ephemeral context built per run: suites come
+from the versioned JSON files, validation results go to a filesystem store under <K2_HOME>/data_docs/.results so
+the Data Docs index at <K2_HOME>/data_docs/index.html lists every run, not only the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from k2_resources.errors import QualityGateError
+
+SUITES_DIR = Path(__file__).resolve().parents[2] / "quality_suites"
+DOCS_SITE = "k2"
+_MAX_OBSERVED = 2_000  # characters of an observed value kept in dq_results and Dagster metadata
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    expectation: str
+    column: str | None
+    success: bool
+    observed: str  # JSON: the observed value, or the unexpected count, percentage and a sample
+    element_count: int | None
+    unexpected_count: int | None
+    kwargs: str  # JSON of the expectation's arguments (parameters substituted)
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    suite: str  # name@version
+    success: bool
+    expectations: tuple[ExpectationOutcome, ...]
+    seconds: float
+    docs_index: Path | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> tuple[ExpectationOutcome, ...]:
+        return tuple(e for e in self.expectations if not e.success)
+
+    @property
+    def pass_rate(self) -> float:
+        return sum(e.success for e in self.expectations) / len(self.expectations) if self.expectations else 1.0
+
+
+def load_suite(name: str, suites_dir: Path = SUITES_DIR) -> dict[str, Any]:
+    path = suites_dir / f"{name}.json"
+    try:
+        suite: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise QualityGateError(f"cannot load the GE suite {path}: {exc}; suites live in quality_suites/") from exc
+    if suite.get("name") != name or not suite.get("expectations"):
+        raise QualityGateError(f"{path}: a suite needs name {name!r} and a non-empty expectations list")
+    return suite
+
+
+def _context(docs_dir: Path | None):  # type: ignore[no-untyped-def]
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        progress_bars=ProgressBarsConfig(globally=False),
+        analytics_enabled=False,
+    )
+    if docs_dir is not None:
+        config.stores["validation_results_store"] = {
+            "class_name": "ValidationResultsStore",
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(docs_dir / ".results"),
+            },
+        }
+        config.data_docs_sites = {
+            DOCS_SITE: {
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder", "validation_results_limit": 500},
+            }
+        }
+    return gx.get_context(project_config=config, mode="ephemeral")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        try:
+            return _jsonable(value.item())
+        except (TypeError, ValueError):
+            return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _observed(result: Mapping[str, Any]) -> str:
+    if "observed_value" in result:
+        payload: Any = result["observed_value"]
+    else:
+        payload = {
+            "unexpected_count": result.get("unexpected_count"),
+            "unexpected_percent": result.get("unexpected_percent"),
+            "sample": list(result.get("partial_unexpected_list") or [])[:5],
+        }
+    return json.dumps(_jsonable(payload), default=str)[:_MAX_OBSERVED]
+
+
+def _column_of(kwargs: Mapping[str, Any]) -> str | None:
+    for key in ("column", "column_list", "column_set"):
+        if key in kwargs:
+            value = kwargs[key]
+            return value if isinstance(value, str) else ",".join(map(str, value))
+    if "column_A" in kwargs:
+        return f"{kwargs['column_A']},{kwargs['column_B']}"
+    return None
+
+
+def run_suite(
+    name: str,
+    frame: pd.DataFrame,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    run_name: str,
+    docs_dir: Path | None = None,
+    suites_dir: Path = SUITES_DIR,
+) -> SuiteOutcome:
+    """Validate `frame` against quality_suites/<name>.json; build Data Docs under `docs_dir` if given."""
+    started = time.perf_counter()
+    spec = load_suite(name, suites_dir)
+    version = str(spec.get("meta", {}).get("version", "0"))
+    context = _context(docs_dir)
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    try:
+        suite = context.suites.add(
+            gx.ExpectationSuite(name=name, expectations=spec["expectations"], meta=spec.get("meta", {}))
+        )
+        asset = context.data_sources.add_pandas("k2").add_dataframe_asset(name)
+        batch = asset.add_batch_definition_whole_dataframe("batch")
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        actions: list[Any] = (
+            [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if docs_dir else []
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(name=name, validation_definitions=[definition], actions=actions)
+        )
+        result = checkpoint.run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters=dict(parameters or {}),
+            run_id=RunIdentifier(run_name=run_name),
+        )
+    except Exception as exc:  # GE raises many untyped errors: one typed error with the cause
+        raise QualityGateError(f"running the GE suite {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    outcomes = []
+    for validation in result.run_results.values():
+        for item in validation.results:
+            config = item.expectation_config
+            kwargs = {k: v for k, v in (config.kwargs if config else {}).items() if k != "batch_id"}
+            outcome = dict(item.result or {})
+            if item.exception_info and item.exception_info.get("raised_exception"):
+                outcome = {"observed_value": {"exception": item.exception_info.get("exception_message")}}
+            outcomes.append(
+                ExpectationOutcome(
+                    expectation=config.type if config else "?",
+                    column=_column_of(kwargs),
+                    success=bool(item.success),
+                    observed=_observed(outcome),
+                    element_count=outcome.get("element_count"),
+                    unexpected_count=outcome.get("unexpected_count"),
+                    kwargs=json.dumps(_jsonable(kwargs), default=str)[:_MAX_OBSERVED],
+                )
+            )
+    return SuiteOutcome(
+        suite=f"{name}@{version}",
+        success=bool(result.success),
+        expectations=tuple(outcomes),
+        seconds=time.perf_counter() - started,
+        docs_index=(docs_dir / "index.html") if docs_dir else None,
+        parameters=dict(parameters or {}),
+    )

@@ -1,0 +1,83 @@
+"""Price anomalies: |price / last valid price - 1| above a threshold, per (exchange, symbol), in arrival order.
+
+"Last valid" is recursive: an anomalous tick is not valid, so the tick after a spike is compared with the price
+before the spike, not with the spike. A left-to-right scan is inherently sequential; here it is a fixed point of
+whole-column passes. Each pass compares every tick with the last tick the previous pass found valid. The first
+position where a pass changes anything is exactly the first position that was still wrong, so every pass fixes
+at least one more position per symbol, and a pass that changes nothing is the sequential answer. Isolated spikes
+settle in three passes. If `max_passes` is reached (a long run of anomalies, e.g. a real level shift), every tick
+from the first unsettled one on is flagged: the conservative choice, since flagged ticks wait for review
+(`k2 quarantine release`), while unflagged bad ticks would be published.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+_NO_REF = -(2**63)  # marks "no reference price yet" through a forward fill; no price is -2^63 millionths
+
+
+def flag_anomalies(
+    ticks: pl.DataFrame, last_prices: pl.DataFrame | None, threshold_bps: int, max_passes: int = 12
+) -> pl.DataFrame:
+    """(anomaly, reference) for every row of `ticks` (exchange, symbol, price; rows in arrival order).
+
+    `last_prices` (exchange, symbol, last_price) seeds the reference of each symbol's first tick; without one the
+    first tick is valid. A reference at or below zero (derivatives) disables the check for that tick.
+    """
+    if ticks.is_empty():
+        return pl.DataFrame(schema={"anomaly": pl.Boolean, "reference": pl.Int64})
+    frame = ticks.select("exchange", "symbol", "price").with_row_index("_pos")
+    if last_prices is not None and not last_prices.is_empty():
+        seeds = last_prices.select("exchange", "symbol", pl.col("last_price").cast(pl.Int64).alias("_seed"))
+        frame = frame.join(seeds.unique(["exchange", "symbol"]), on=["exchange", "symbol"], how="left")
+    else:
+        frame = frame.with_columns(pl.lit(None, pl.Int64).alias("_seed"))
+    # Group rows of a symbol together, keeping arrival order inside the group.
+    frame = frame.sort("exchange", "symbol", "_pos")
+    price = frame["price"]
+    starts = (
+        frame.select(
+            (pl.col("exchange").ne_missing(pl.col("exchange").shift(1)))
+            | (pl.col("symbol").ne_missing(pl.col("symbol").shift(1)))
+        )
+        .to_series()
+        .fill_null(True)
+    )
+    seed = frame["_seed"].fill_null(_NO_REF)
+    valid = pl.Series([True] * frame.height)
+    anomaly = ~valid
+    reference = price
+    changed = anomaly
+    settled = False
+    for _ in range(max_passes):
+        anomaly, reference = _pass(price, valid, starts, seed, threshold_bps)
+        new_valid = ~anomaly
+        if new_valid.equals(valid):
+            settled = True
+            break
+        changed = new_valid != valid
+        valid = new_valid
+    if not settled:
+        group = starts.cast(pl.Int64).cum_sum()
+        unsettled = pl.DataFrame({"g": group, "c": changed}).select(pl.col("c").cum_max().over("g")).to_series()
+        anomaly = anomaly | unsettled
+    out = pl.DataFrame({"_pos": frame["_pos"], "anomaly": anomaly, "reference": reference}).sort("_pos")
+    return out.select("anomaly", "reference")
+
+
+def _pass(
+    price: pl.Series, valid: pl.Series, starts: pl.Series, seed: pl.Series, threshold_bps: int
+) -> tuple[pl.Series, pl.Series]:
+    frame = pl.DataFrame({"p": price, "v": valid, "s": starts, "seed": seed})
+    out = frame.select(
+        pl.when(pl.col("s"))
+        .then(pl.col("seed"))
+        .otherwise(pl.when(pl.col("v")).then(pl.col("p")).otherwise(None).shift(1))
+        .forward_fill()
+        .alias("ref"),
+        "p",
+    ).with_columns(pl.when(pl.col("ref") == _NO_REF).then(None).otherwise(pl.col("ref")).alias("ref"))
+    deviates = (pl.col("p") - pl.col("ref")).abs() * 10_000 > pl.col("ref") * threshold_bps
+    flagged = out.select((pl.col("ref").is_not_null() & (pl.col("ref") > 0) & deviates).fill_null(False)).to_series()
+    return flagged.alias("anomaly"), out["ref"].alias("reference")

@@ -1,0 +1,157 @@
+"""The quality gate of validated_ticks: the GE suites `ticks` (the rows of the staged batch) and `ticks_batch`
+(the batch's accounting and quarantine rate), with the derived columns and parameters they need."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from k2_assets.ticks.sessions import trading_dates
+from k2_resources.exchanges import EXCHANGES, calendar
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from k2_assets.serving.dq_suites import ExpectationOutcome, SuiteOutcome
+
+TICKS_SUITE = "ticks"
+BATCH_SUITE = "ticks_batch"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    quarantine_ceiling: float = 0.05
+    session_grace_us: int = 15 * 60 * 1_000_000
+    derivative_symbols: frozenset[str] = frozenset()
+    docs_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    rows_in: int
+    published: int  # rows validation passed (== rows staged when the branch holds exactly them)
+    quarantined: int
+    duplicates: int
+    staged: int
+
+    @property
+    def quarantine_rate(self) -> float:
+        return self.quarantined / self.rows_in if self.rows_in else 0.0
+
+
+@dataclass(frozen=True)
+class GateResult:
+    suites: tuple[SuiteOutcome, ...]
+    parameters: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return all(s.success for s in self.suites)
+
+    @property
+    def expectations(self) -> tuple[ExpectationOutcome, ...]:
+        return tuple(e for s in self.suites for e in s.expectations)
+
+    @property
+    def failed(self) -> tuple[ExpectationOutcome, ...]:
+        return tuple(e for e in self.expectations if not e.success)
+
+    @property
+    def pass_rate(self) -> float:
+        outcomes = self.expectations
+        return sum(e.success for e in outcomes) / len(outcomes) if outcomes else 1.0
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.suites)
+
+    @property
+    def docs_index(self) -> Path | None:
+        return next((s.docs_index for s in self.suites if s.docs_index is not None), None)
+
+
+def _naive_utc(ts_us: int) -> str:
+    return dt.datetime.fromtimestamp(ts_us / 1_000_000, dt.UTC).replace(tzinfo=None).isoformat()
+
+
+def session_window(days: Iterable[tuple[str, dt.date]], grace_us: int) -> tuple[str, str]:
+    """From the earliest session open to the latest session close of these (exchange, trading date)s, widened by the
+    grace (auctions). A date that is no session of its exchange contributes nothing: ticks on it fall outside."""
+    opens, closes = [], []
+    for code, day in set(days):
+        if code not in EXCHANGES:
+            start = int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp() * 1_000_000)
+            opens.append(start - 14 * 3_600_000_000)
+            closes.append(start + 38 * 3_600_000_000)
+            continue
+        cal = calendar(code)
+        import pandas as pd
+
+        session = pd.Timestamp(day)
+        if not cal.is_session(session):
+            continue
+        opens.append(int(cal.session_open(session).value // 1000))
+        closes.append(int(cal.session_close(session).value // 1000))
+    if not opens:
+        return _naive_utc(0), _naive_utc(0)
+    return _naive_utc(min(opens) - grace_us), _naive_utc(max(closes) + grace_us)
+
+
+def ticks_frame(rows: pl.DataFrame, derivative_symbols: frozenset[str]) -> pd.DataFrame:
+    """The staged rows (integer space) as GE sees them: natural types (naive UTC datetimes, float prices for the
+    range checks only) plus trading_date, is_derivative and sequence_step."""
+    frame = rows.with_columns(trading_dates(rows)).with_columns(
+        pl.col("symbol").is_in(list(derivative_symbols)).fill_null(False).alias("is_derivative")
+    )
+    frame = frame.sort("exchange", "symbol", "trading_date", "exchange_ts", "sequence").with_columns(
+        (pl.col("sequence") - pl.col("sequence").shift(1))
+        .over("exchange", "symbol", "trading_date")
+        .alias("sequence_step")
+    )
+    frame = frame.with_columns(
+        pl.from_epoch("exchange_ts", time_unit="us"),
+        pl.from_epoch("ingest_ts", time_unit="us"),
+        (pl.col("price") / 1_000_000).alias("price"),
+    )
+    out = frame.to_pandas()
+    for column in ("exchange", "symbol", "trade_id", "side"):
+        out[column] = out[column].astype(object)
+    return out
+
+
+def batch_frame(counts: BatchCounts) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "rows_in": [counts.rows_in],
+            "rows_accounted": [counts.published + counts.quarantined + counts.duplicates],
+            "rows_validated": [counts.published],
+            "rows_staged": [counts.staged],
+            "quarantine_rate": [counts.quarantine_rate],
+        }
+    )
+
+
+def check_batch(staged: pl.DataFrame, counts: BatchCounts, config: GateConfig, *, run_name: str) -> GateResult:
+    """Run both suites on the staged batch; build Data Docs when `config.docs_dir` is set."""
+    from k2_assets.serving.dq_suites import run_suite
+
+    days = staged.select("exchange", trading_dates(staged)).unique().drop_nulls()
+    session_open, session_close = session_window(days.iter_rows(), config.session_grace_us)
+    row_params = {"session_open": session_open, "session_close": session_close}
+    batch_params = {"quarantine_ceiling": config.quarantine_ceiling}
+    rows = run_suite(
+        TICKS_SUITE,
+        ticks_frame(staged, config.derivative_symbols),
+        row_params,
+        run_name=run_name,
+        docs_dir=config.docs_dir,
+    )
+    batch = run_suite(BATCH_SUITE, batch_frame(counts), batch_params, run_name=run_name, docs_dir=config.docs_dir)
+    return GateResult((rows, batch), {**row_params, **batch_params})

@@ -1,0 +1,57 @@
+"""Exchange-local trading dates of UTC microsecond timestamps, fast: a batch rarely straddles a DST change, so the
+usual case is one constant offset added to every row (no per-row time zone conversion)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from k2_resources.exchanges import EXCHANGES
+
+HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
+
+
+def exchange_tz(code: str | None) -> str:
+    """The exchange's time zone; UTC for a code K2 does not know (its rows still get a date)."""
+    known = EXCHANGES.get((code or "").upper())
+    return known.tz if known is not None else "UTC"
+
+
+def _utc_offsets_us(hours: pl.Series, tz: str) -> pl.Series:
+    """UTC offset (µs) in `tz` at the start of each UTC hour in `hours` (hours since the epoch)."""
+    instants = pl.from_epoch(hours * HOUR_US, time_unit="us").dt.replace_time_zone("UTC")
+    local = instants.dt.convert_time_zone(tz).dt.replace_time_zone(None).dt.epoch("us")
+    return local - hours * HOUR_US
+
+
+def local_dates(ts_us: pl.Series, tz: str) -> pl.Series:
+    """Local calendar date in `tz` of each UTC microsecond timestamp (nulls stay null)."""
+    ts = ts_us.cast(pl.Int64)
+    valid = ts.drop_nulls()
+    if valid.is_empty():
+        return pl.Series(ts_us.name, [None] * len(ts), pl.Date)
+    first, last = int(valid.min()) // HOUR_US, int(valid.max()) // HOUR_US  # type: ignore[arg-type]
+    # Offsets change only at DST transitions, months apart: sampling every 24 h (and the last hour) over the batch
+    # finds any change. Usually there is none and one constant offset serves every row.
+    samples = pl.Series([*range(first, last, 24), last], dtype=pl.Int64)
+    offsets = _utc_offsets_us(samples, tz)
+    if offsets.n_unique() == 1:
+        return ((ts + int(offsets[0])) // DAY_US).cast(pl.Int32).cast(pl.Date).alias(ts_us.name)
+    hour = ts // HOUR_US
+    distinct = hour.drop_nulls().unique()
+    offset = hour.replace_strict(distinct, _utc_offsets_us(distinct, tz), default=None)
+    return ((ts + offset) // DAY_US).cast(pl.Int32).cast(pl.Date).alias(ts_us.name)
+
+
+def trading_dates(frame: pl.DataFrame, ts_column: str = "exchange_ts") -> pl.Series:
+    """Trading date of every row: the exchange-local date of `ts_column`, by the row's `exchange`."""
+    codes = [c for c in frame["exchange"].unique().to_list() if c is not None]
+    if len(codes) <= 1:
+        return local_dates(frame[ts_column], exchange_tz(codes[0] if codes else None)).alias("trading_date")
+    out = pl.Series("trading_date", [None] * frame.height, pl.Date)
+    for code in codes:  # one pass per exchange in the batch, not per tick
+        mask = frame["exchange"] == code
+        out = pl.select(
+            pl.when(pl.lit(mask)).then(pl.lit(local_dates(frame[ts_column], exchange_tz(code)))).otherwise(pl.lit(out))
+        ).to_series()
+    return out.alias("trading_date")

@@ -1,0 +1,86 @@
+"""Price anomalies: |price / last valid price - 1| > 10%, where "last valid" carries across batches and skips
+anomalous ticks."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from k2_assets.ticks.anomaly import flag_anomalies
+from k2_assets.ticks.validate import ANOMALY, validate
+from tests.unit.test_validate import raw
+
+BPS = 1_000  # 10%
+
+
+def ticks(prices: list[int], symbols: list[str] | None = None) -> pl.DataFrame:
+    n = len(prices)
+    return pl.DataFrame({"exchange": ["ASX"] * n, "symbol": symbols or ["BHP"] * n, "price": prices})
+
+
+def last(symbol: str, price: int) -> pl.DataFrame:
+    return pl.DataFrame({"exchange": ["ASX"], "symbol": [symbol], "last_price": [price]})
+
+
+def sequential(prices: list[int], seed: int | None) -> list[bool]:
+    """The definition, one tick at a time (a test oracle; production code never loops over ticks)."""
+    ref, out = seed, []
+    for p in prices:
+        bad = ref is not None and ref > 0 and abs(p - ref) * 10_000 > ref * BPS
+        out.append(bad)
+        if not bad:
+            ref = p
+    return out
+
+
+def test_a_jump_against_the_previous_batchs_last_price_is_flagged() -> None:
+    flags = flag_anomalies(ticks([50_000_000, 50_100_000]), last("BHP", 45_000_000), BPS)
+    assert flags["anomaly"].to_list() == [True, True]
+    assert flags["reference"].to_list() == [45_000_000, 45_000_000]
+
+
+def test_without_a_carried_price_the_first_tick_sets_the_reference() -> None:
+    assert flag_anomalies(ticks([50_000_000, 50_100_000]), None, BPS)["anomaly"].to_list() == [False, False]
+
+
+def test_the_tick_after_a_spike_is_compared_with_the_price_before_the_spike() -> None:
+    flags = flag_anomalies(ticks([100_000_000, 125_000_000, 100_500_000, 101_000_000]), None, BPS)
+    assert flags["anomaly"].to_list() == [False, True, False, False]
+    assert flags["reference"].to_list()[2] == 100_000_000
+
+
+def test_exactly_ten_percent_is_not_an_anomaly() -> None:
+    flags = flag_anomalies(ticks([110_000_000, 121_000_001]), last("BHP", 100_000_000), BPS)
+    assert flags["anomaly"].to_list() == [False, True]
+
+
+def test_a_level_shift_stays_flagged_until_reviewed_even_past_the_pass_limit() -> None:
+    prices = [100_000_000] + [130_000_000] * 40
+    assert flag_anomalies(ticks(prices), None, BPS, max_passes=3)["anomaly"].to_list() == sequential(prices, None)
+
+
+def test_symbols_have_their_own_reference() -> None:
+    flags = flag_anomalies(ticks([10_000_000, 200_000_000], ["TLS", "CBA"]), last("CBA", 150_000_000), BPS)
+    assert flags["anomaly"].to_list() == [False, True]
+
+
+def test_whole_column_passes_equal_the_tick_by_tick_definition() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        steps = rng.choice([1.0, 1.0, 1.0, 1.15, 0.85, 1.3], size=60) * rng.normal(1, 0.02, size=60)
+        prices = (100_000_000 * np.cumprod(steps)).astype(np.int64).tolist()
+        seed = int(rng.choice([0, 90_000_000, 100_000_000]))
+        flags = flag_anomalies(ticks(prices), last("BHP", seed) if seed else None, BPS, max_passes=200)
+        assert flags["anomaly"].to_list() == sequential(prices, seed or None)
+
+
+def test_validate_quarantines_anomalies_with_the_reference_in_the_detail() -> None:
+    result = validate(
+        raw(price=[45_000_000, 56_250_000, 45_100_000, 45_200_000]),
+        last_prices=pl.DataFrame({"exchange": ["ASX"], "symbol": ["BHP"], "last_price": [45_000_000]}),
+    )
+    assert result.quarantine["reasons"].to_list() == [[ANOMALY]]
+    assert result.quarantine["kafka_offset"].to_list() == [1]
+    assert result.quarantine["detail"][0] == "price 56.25 vs last valid 45.0 (25.0%)"
+    assert result.ticks["kafka_offset"].to_list() == [0, 2, 3]
+    assert result.received.filter(~pl.col("valid"))["sequence"].to_list() == [2]
