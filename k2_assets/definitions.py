@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from k2_assets.bars.assets import bars_1m
+from k2_assets.bars.assets import BAR_ASSETS, bars_daily_job, bars_live
 from k2_assets.maintenance.assets import MAINTENANCE_ASSETS, MAINTENANCE_JOBS, maintenance_schedules
 from k2_assets.serving.hooks import METRIC_HOOKS
 from k2_assets.serving.resources import MetricsResource
@@ -22,8 +22,9 @@ from k2_resources.pipeline import PipelineResource
 
 ingest_job = dg.define_asset_job(
     INGEST_JOB,
-    selection=dg.AssetSelection.assets(raw_ticks, validated_ticks, bars_1m),
-    description="One Kafka micro-batch through every stage: raw_ticks -> validated_ticks -> bars_1m.",
+    selection=dg.AssetSelection.assets(raw_ticks, validated_ticks, bars_live),
+    description="One Kafka micro-batch through every stage: raw_ticks -> validated_ticks -> bars_live (which updates "
+    "the affected bars of bars_1m/5m/1h/1d).",
     hooks=METRIC_HOOKS,  # each step's figures -> `k2 metrics serve`
 )
 
@@ -43,9 +44,9 @@ def resources_for(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or load_settings()
     return dg.Definitions(
-        assets=[raw_ticks, validated_ticks, bars_1m, *MAINTENANCE_ASSETS],
+        assets=[raw_ticks, validated_ticks, *BAR_ASSETS, *MAINTENANCE_ASSETS],
         asset_checks=[raw_ticks_offsets_exactly_once],
-        jobs=[ingest_job, *MAINTENANCE_JOBS],
+        jobs=[ingest_job, bars_daily_job, *MAINTENANCE_JOBS],
         sensors=[kafka_ticks_sensor],
         # Maintenance runs at night in the exchange's own time zone (Australia/Sydney for ASX).
         schedules=maintenance_schedules(exchange_info(settings.exchange).tz),

@@ -160,3 +160,12 @@ class DeadLetterError(K2Error):
 
 class ReleaseError(K2Error):
     """A quarantine release was refused (unknown or non-releasable reason, nothing matching)."""
+
+
+class BarInputError(K2Error):
+    """Ticks given to the bar kernel are not validated ticks (null key field, negative volume) or the interval is
+    unknown: build bars from market_data.ticks."""
+
+
+class BarCommitConflictError(K2Error):
+    """Another writer kept committing the bar tables meanwhile; nothing half-done was kept: re-run the step."""

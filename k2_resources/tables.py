@@ -133,38 +133,111 @@ QUARANTINE = TableDef(
     properties=INGEST_PROPERTIES,
 )
 
-BARS_1M = TableDef(
-    name="bars_1m",
-    doc="1-minute OHLCV bars, a pure function of validated ticks, partitioned by exchange trading day.",
-    schema=Schema(
+# Bars (issue 5): one table per interval, same columns. Written only by k2_assets/bars, which commits with the
+# library's retry off and re-plans on a conflict itself (a blind rebase could overwrite a newer revision).
+BAR_PROPERTIES = {**DERIVED_PROPERTIES, "commit.retry.num-retries": "0"}
+BAR_INTERVALS = ("1m", "5m", "1h", "1d")
+
+
+def _bar_fields() -> list[NestedField]:
+    return [
         NestedField(1, "exchange", StringType(), required=False),
         NestedField(2, "symbol", StringType(), required=False),
         NestedField(3, "trading_date", DateType(), required=False, doc="Exchange-local trading day"),
-        NestedField(4, "window_start", TimestamptzType(), required=False, doc="Start of the minute, UTC"),
-        NestedField(5, "open", PRICE, required=False),
+        NestedField(4, "window_start", TimestamptzType(), required=False, doc="Start of the window, UTC"),
+        NestedField(5, "open", PRICE, required=False, doc="Price of the first tick by (exchange_ts, sequence)"),
         NestedField(6, "high", PRICE, required=False),
         NestedField(7, "low", PRICE, required=False),
-        NestedField(8, "close", PRICE, required=False),
+        NestedField(8, "close", PRICE, required=False, doc="Price of the last tick by (exchange_ts, sequence)"),
         NestedField(9, "volume", LongType(), required=False),
         NestedField(10, "trade_count", LongType(), required=False),
-        NestedField(11, "vwap", PRICE, required=False, doc="sum(price*volume)/sum(volume), rounded to 6 dp"),
+        NestedField(11, "vwap", PRICE, required=False, doc="sum(price*volume)/sum(volume), rounded half-up to 6 dp"),
         NestedField(12, "first_sequence", LongType(), required=False),
         NestedField(13, "last_sequence", LongType(), required=False),
         NestedField(14, "revision", IntegerType(), required=False, doc="0 when first written, +1 per restatement"),
-        NestedField(15, "computed_at", TimestamptzType(), required=False),
+        NestedField(15, "computed_at", TimestamptzType(), required=False, doc="When this revision was computed"),
         NestedField(
             16, "source_snapshot_id", LongType(), required=False, doc="ticks snapshot the bar was computed from"
         ),
+        NestedField(17, "window_end", TimestamptzType(), required=False, doc="End of the window (exclusive), UTC"),
+        NestedField(18, "first_ts", TimestamptzType(), required=False, doc="exchange_ts of the opening tick"),
+        NestedField(19, "last_ts", TimestamptzType(), required=False, doc="exchange_ts of the closing tick"),
+        NestedField(20, "notional", DecimalType(38, 6), required=False, doc="sum(price*volume), exact"),
+        NestedField(
+            21, "is_final", BooleanType(), required=False, doc="false while the window is open (watermark < end + 10 s)"
+        ),
+    ]
+
+
+def _bar_table(interval: str, what: str) -> TableDef:
+    return TableDef(
+        name=f"bars_{interval}",
+        doc=f"{what} OHLCV bars, a pure function of validated ticks, partitioned by exchange trading day.",
+        schema=Schema(*_bar_fields()),
+        partition_spec=PartitionSpec(
+            PartitionField(3, 1000, IdentityTransform(), "trading_date"),
+            PartitionField(1, 1001, IdentityTransform(), "exchange"),
+        ),
+        sort_order=SortOrder(SortField(2, IdentityTransform()), SortField(4, IdentityTransform())),
+        properties=BAR_PROPERTIES,
+    )
+
+
+BARS_1M = _bar_table("1m", "1-minute")
+BARS_5M = _bar_table("5m", "5-minute")
+BARS_1H = _bar_table("1h", "1-hour (exchange-local hours)")
+BARS_1D = _bar_table("1d", "Daily (the exchange trading day, Australia/Sydney for ASX)")
+BAR_TABLES: dict[str, TableDef] = {"1m": BARS_1M, "5m": BARS_5M, "1h": BARS_1H, "1d": BARS_1D}
+
+
+def _bar_values(start_id: int, prefix: str) -> list[NestedField]:
+    names_types = [
+        ("open", PRICE),
+        ("high", PRICE),
+        ("low", PRICE),
+        ("close", PRICE),
+        ("volume", LongType()),
+        ("trade_count", LongType()),
+        ("vwap", PRICE),
+        ("first_sequence", LongType()),
+        ("last_sequence", LongType()),
+    ]
+    return [NestedField(start_id + i, f"{prefix}_{n}", t, required=False) for i, (n, t) in enumerate(names_types)]
+
+
+BAR_CORRECTIONS = TableDef(
+    name="bar_corrections",
+    doc="Every restatement of a final bar: old and new values, the ticks that caused it, when.",
+    schema=Schema(
+        NestedField(1, "interval", StringType(), required=False, doc="1m, 5m, 1h or 1d"),
+        NestedField(2, "exchange", StringType(), required=False),
+        NestedField(3, "symbol", StringType(), required=False),
+        NestedField(4, "trading_date", DateType(), required=False),
+        NestedField(5, "window_start", TimestamptzType(), required=False),
+        NestedField(6, "old_revision", IntegerType(), required=False, doc="null: the bar did not exist"),
+        NestedField(7, "new_revision", IntegerType(), required=False, doc="null: the bar was removed"),
+        *_bar_values(8, "old"),
+        *_bar_values(17, "new"),
+        NestedField(
+            26,
+            "caused_by_sequences",
+            ListType(27, LongType(), element_required=False),
+            required=False,
+            doc="sequence of the ticks (same exchange, symbol) whose arrival restated the bar; null: full rebuild",
+        ),
+        NestedField(28, "late_ticks", LongType(), required=False, doc="how many ticks caused it"),
+        NestedField(29, "reason", StringType(), required=False, doc="late_ticks, or rebuild (partition re-run)"),
+        NestedField(30, "corrected_at", TimestamptzType(), required=False),
+        NestedField(31, "source_snapshot_id", LongType(), required=False, doc="ticks snapshot of the new values"),
+        NestedField(32, "run_id", StringType(), required=False, doc="Dagster run that restated it"),
+        NestedField(33, "outbox_id", StringType(), required=False, doc="write batch id (applied exactly once)"),
     ),
-    partition_spec=PartitionSpec(
-        PartitionField(3, 1000, IdentityTransform(), "trading_date"),
-        PartitionField(1, 1001, IdentityTransform(), "exchange"),
-    ),
-    sort_order=SortOrder(SortField(2, IdentityTransform()), SortField(4, IdentityTransform())),
-    properties=DERIVED_PROPERTIES,
+    partition_spec=PartitionSpec(PartitionField(4, 1000, IdentityTransform(), "trading_date")),
+    sort_order=SortOrder(SortField(3, IdentityTransform()), SortField(5, IdentityTransform())),
+    properties=BAR_PROPERTIES,
 )
 
-ALL_TABLES: tuple[TableDef, ...] = (RAW_TICKS, TICKS, QUARANTINE, BARS_1M)
+ALL_TABLES: tuple[TableDef, ...] = (RAW_TICKS, TICKS, QUARANTINE, *BAR_TABLES.values(), BAR_CORRECTIONS)
 
 # Append-only by contract: K2 appends one row per read (allowed, denied or failed) and offers no way to delete or
 # rewrite one. Kept out of ALL_TABLES: it is created by the first audited read, not by the ingest pipeline.
