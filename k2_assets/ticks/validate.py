@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from k2_assets.bars.session import OUTSIDE_SESSION, outside_session
 from k2_assets.ticks.anomaly import flag_anomalies
 from k2_assets.ticks.sessions import trading_dates
 
@@ -20,7 +21,8 @@ NON_POSITIVE_PRICE = "non_positive_price"
 NEGATIVE_VOLUME = "negative_volume"
 FUTURE_TIMESTAMP = "future_timestamp"
 ANOMALY = "anomaly"
-REASONS = (UNDECODABLE, MISSING_FIELD, NON_POSITIVE_PRICE, NEGATIVE_VOLUME, FUTURE_TIMESTAMP, ANOMALY)
+# OUTSIDE_SESSION: not in a session of the exchange calendar (k2_assets/bars/session.py)
+REASONS = (UNDECODABLE, MISSING_FIELD, NON_POSITIVE_PRICE, NEGATIVE_VOLUME, FUTURE_TIMESTAMP, ANOMALY, OUTSIDE_SESSION)
 # Reasons a reviewer may release back into ticks (`k2 quarantine release`); the others are broken data.
 RELEASABLE = (ANOMALY,)
 
@@ -51,6 +53,7 @@ class Rules:
     derivative_symbols: frozenset[str] = frozenset()
     anomaly_bps: int = 1_000  # |price / last valid price - 1| above this many basis points is an anomaly
     future_tolerance_us: int = 5_000_000  # exchange_ts may lead the validator's clock by this much (clock skew)
+    check_session: bool = True  # with now_us (live validation): quarantine ticks outside the exchange session
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ def validate(
     ]
     if now_us is not None:
         checks.append(_reason(decoded & (pl.col("exchange_ts") > now_us + rules.future_tolerance_us), FUTURE_TIMESTAMP))
+    if now_us is not None and rules.check_session:
+        checks.append(_reason(decoded & ~missing & pl.lit(outside_session(ordered)), OUTSIDE_SESSION))
     checked = ordered.with_columns(pl.concat_list(checks).list.drop_nulls().alias("reasons"))
     failed = checked.filter(pl.col("reasons").list.len() > 0)
     passed = checked.filter(pl.col("reasons").list.len() == 0)
