@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
+from pyiceberg.exceptions import NoSuchNamespaceError
 from pyiceberg.table import Table
 
 from k2_assets.maintenance.compaction import MB, CompactionPolicy, compact_table
@@ -23,7 +24,10 @@ REMOVE_ORPHAN_FILES_JOB = "remove_orphan_files_job"
 def maintained_tables(iceberg: IcebergResource, names: Sequence[str]) -> list[Table]:
     """`names` (default: every table of the namespace) that exist; a table not created yet has nothing to do."""
     catalog = iceberg.catalog()
-    existing = {ident[-1]: ident for ident in catalog.list_tables(iceberg.namespace)}
+    try:
+        existing = {ident[-1]: ident for ident in catalog.list_tables(iceberg.namespace)}
+    except NoSuchNamespaceError:  # nothing ingested yet
+        return []
     wanted = list(names) or sorted(existing)
     return [catalog.load_table(existing[n]) for n in wanted if n in existing]
 
@@ -75,6 +79,8 @@ def compaction(
         snapshots_before += len(table.snapshots())
         result = compact_table(table, policy, dry_run=config.dry_run)
         snapshots_after += len(table.snapshots())
+        if result.skipped:
+            context.log.info(f"{result.table}: skipped, {result.skipped}")
         for label, why in result.given_up.items():
             context.log.warning(f"{result.table}: gave up compacting {label}: {why}")
         totals["files_before"] += result.files_before

@@ -30,6 +30,10 @@ from k2_resources.iceberg import BATCH_PROPERTY, WATERMARK_PROPERTY
 
 MB = 1024 * 1024
 MAINTENANCE_PROPERTY = "k2.maintenance"
+# Summary properties that describe the commit that wrote them rather than the table's state: not carried forward.
+EVENT_PROPERTIES = frozenset({BATCH_PROPERTY, "k2.wap", "k2.audit.flush-id"})
+# A table with this property set to "true" promises never to rewrite a row (the audit log): compaction skips it.
+APPEND_ONLY_PROPERTY = "k2.append-only"
 # A file at least this fraction of the target is already "big": left alone, not rewritten with the small ones.
 BIG_FILE_FRACTION = 0.75
 
@@ -84,6 +88,7 @@ class CompactionResult:
     seconds: float = 0.0
     dry_run: bool = False
     planned: list[str] = field(default_factory=list)
+    skipped: str = ""  # why the whole table was left alone
 
     @property
     def rows_per_second(self) -> float:
@@ -119,13 +124,16 @@ def plan_compaction(table: Table, policy: CompactionPolicy, live: LiveFiles | No
 
 
 def carried_properties(table: Table) -> dict[str, str]:
-    """The `k2.*` summary properties of the current snapshot (watermark, bars source snapshot, ...) minus the
-    batch id: what a maintenance snapshot must repeat so readers of the newest summary see the same state."""
+    """The `k2.*` summary properties of the current snapshot (watermark, bars source snapshot, ...) minus those
+    naming a single commit (batch id, ...): what a maintenance snapshot must repeat so readers of the newest summary
+    see the same state."""
     snapshot = table.current_snapshot()
     if snapshot is None or snapshot.summary is None:
         return {}
     props = {
-        k: v for k, v in snapshot.summary.additional_properties.items() if k.startswith("k2.") and k != BATCH_PROPERTY
+        k: v
+        for k, v in snapshot.summary.additional_properties.items()
+        if k.startswith("k2.") and k not in EVENT_PROPERTIES
     }
     if WATERMARK_PROPERTY in props and table.properties.get("commit.retry.num-retries") != "0":
         raise ConfigurationError(
@@ -225,6 +233,10 @@ def compact_table(
     live = live_files(table)
     result = CompactionResult(table=".".join(table.name()), dry_run=dry_run)
     result.files_before = result.files_after = len(live.data_files())
+    if table.properties.get(APPEND_ONLY_PROPERTY) == "true":
+        result.skipped = f"{APPEND_ONLY_PROPERTY}=true: the table promises never to rewrite its files"
+        result.seconds = time.perf_counter() - started
+        return result
     plans = plan_compaction(table, policy, live)
     result.partitions_planned = len(plans)
     result.planned = [p.label for p in plans]

@@ -8,6 +8,7 @@ read from the table *after* the commit, so snapshots committed meanwhile only pr
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from dataclasses import dataclass, field
@@ -72,9 +73,20 @@ def protected_ids(table: Table, policy: ExpiryPolicy, now: dt.datetime) -> set[i
     return keep
 
 
+def effective_policy(table: Table, policy: ExpiryPolicy) -> ExpiryPolicy:
+    """The job's policy, made stricter by the table's own Iceberg properties `history.expire.max-snapshot-age-ms`
+    and `history.expire.min-snapshots-to-keep` when they ask to keep more."""
+    props = table.properties
+    age_ms = props.get("history.expire.max-snapshot-age-ms")
+    keep = props.get("history.expire.min-snapshots-to-keep")
+    older_than = max(policy.older_than, dt.timedelta(milliseconds=int(age_ms))) if age_ms else policy.older_than
+    retain_last = max(policy.retain_last, int(keep)) if keep else policy.retain_last
+    return dataclasses.replace(policy, older_than=older_than, retain_last=retain_last)
+
+
 def plan_expiry(table: Table, policy: ExpiryPolicy, now: dt.datetime | None = None) -> list[Snapshot]:
     now = now or dt.datetime.now(dt.UTC)
-    keep = protected_ids(table, policy, now)
+    keep = protected_ids(table, effective_policy(table, policy), now)
     return [s for s in table.snapshots() if s.snapshot_id not in keep]
 
 

@@ -161,3 +161,20 @@ def test_a_watermark_table_with_the_library_retry_on_is_refused(tmp_path: Path) 
 
     with pytest.raises(ConfigurationError, match="num-retries"):
         compact_table(table, EAGER)
+
+
+def test_an_append_only_table_is_never_rewritten(tmp_path: Path) -> None:
+    audit_like = TableDef(
+        name="audit_like",
+        schema=TICKS.schema,
+        partition_spec=TICKS.partition_spec,
+        properties={**TICKS.properties, "k2.append-only": "true"},
+    )
+    table = catalog_in(tmp_path).ensure_table(audit_like)
+    append_batches(table, tick_rows(table, 3_000), 3)
+    snapshots = len(table.snapshots())
+
+    result = compact_table(table, EAGER)
+
+    assert "append-only" in result.skipped and result.rows_rewritten == 0
+    assert len(table.snapshots()) == snapshots

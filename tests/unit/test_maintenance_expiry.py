@@ -124,3 +124,13 @@ def test_compaction_leaves_the_previous_snapshot_readable_until_it_expires(tmp_p
 
     assert all(_exists(p) for p in small_files)
     assert canonical(scan_as_of(table, snapshot_id=ids[-1]).to_arrow()).equals(canonical(data))
+
+
+def test_a_table_asking_to_keep_more_snapshots_keeps_them(tmp_path: Path) -> None:
+    _, table, _, ids = _build(tmp_path)
+    with table.transaction() as tx:
+        tx.set_properties({"history.expire.min-snapshots-to-keep": "5"})
+
+    expire_table(table, ExpiryPolicy(older_than=dt.timedelta(hours=1), retain_last=1), now=LATER)
+
+    assert {s.snapshot_id for s in table.snapshots()} == {ids[1], *ids[2:]}
