@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 import duckdb
@@ -37,6 +39,29 @@ def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"LOAD {name}")
 
 
+def configure_s3(con: duckdb.DuckDBPyConnection, catalog_properties: Mapping[str, str]) -> None:
+    """For an s3:// warehouse: load httpfs (from its wheel) and create a DuckDB S3 secret from the same FileIO
+    properties pyiceberg uses (IcebergResource.catalog_properties). No-op for a local warehouse."""
+    if not any(k.startswith("s3.") for k in catalog_properties):
+        return
+    con.execute(f"INSTALL '{extension_file('httpfs')}'")
+    con.execute("LOAD httpfs")
+    options = {"REGION": catalog_properties.get("s3.region", "us-east-1")}
+    if "s3.access-key-id" in catalog_properties:
+        options["KEY_ID"] = catalog_properties["s3.access-key-id"]
+        options["SECRET"] = catalog_properties.get("s3.secret-access-key", "")
+    endpoint = catalog_properties.get("s3.endpoint")
+    if endpoint:
+        parsed = urlsplit(endpoint)
+        options["ENDPOINT"] = parsed.netloc or parsed.path
+        options["URL_STYLE"] = "path"
+        options["USE_SSL"] = "true" if parsed.scheme == "https" else "false"
+    rendered = ", ".join(
+        f"{k} {v}" if v in ("true", "false") else f"{k} '{v.replace(chr(39), chr(39) * 2)}'" for k, v in options.items()
+    )
+    con.execute(f"CREATE OR REPLACE SECRET k2_warehouse (TYPE s3, {rendered})")
+
+
 def connect(
     iceberg: IcebergResource,
     *,
@@ -50,6 +75,7 @@ def connect(
     """
     con = duckdb.connect(config={"memory_limit": memory_limit, **({"threads": threads} if threads else {})})
     load_extensions(con)
+    configure_s3(con, iceberg.catalog_properties)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {iceberg.namespace}")
     catalog = iceberg.catalog()
     for ident in catalog.list_tables(iceberg.namespace):

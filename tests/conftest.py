@@ -15,6 +15,7 @@ import pytest
 from k2_resources.broker import LocalKafkaBroker, free_port
 from k2_resources.env import Settings, load_settings
 from k2_resources.postgres import LocalPostgres
+from k2_resources.s3_server import LocalObjectStore
 
 _topic_ids = itertools.count(1)
 
@@ -41,6 +42,16 @@ def postgres() -> Iterator[LocalPostgres]:
     yield server
     server.stop(mode="immediate")
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalObjectStore]:
+    """A real S3-compatible server on a free 127.0.0.1 port for the whole session: SeaweedFS when `make seaweedfs`
+    has built it, else moto's standalone server (K2_TEST_S3=seaweedfs|moto forces one)."""
+    store = LocalObjectStore(tmp_path_factory.mktemp("s3"), free_port(), kind=os.environ.get("K2_TEST_S3", "auto"))
+    store.start()
+    yield store
+    store.stop()
 
 
 def make_settings(home: Path, bootstrap: str = "127.0.0.1:1", topic: str | None = None, **extra: str) -> Settings:
