@@ -7,6 +7,7 @@ export K2_HOME ?= $(CURDIR)/.k2
 export DAGSTER_HOME ?= $(K2_HOME)/dagster
 
 .PHONY: install demo test test-unit lint dev kafka-start kafka-stop clean bench
+.PHONY: demo-prod demo-prod-stop seaweedfs
 
 install: $(VENV)/.installed
 
@@ -21,6 +22,26 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 ## Start Kafka, produce a deterministic ASX session, run every asset once, print counts and bars.
 demo: install
 	$(BIN)/python -m k2.demo
+
+## The production profile on local services (README "Production profile"): PostgreSQL catalog + Dagster storage,
+## S3 warehouse (SeaweedFS if `make seaweedfs` built it, else moto), Kafka. State under .k2/prod.
+PROD_HOME := $(K2_HOME)/prod
+PROD_ENV := K2_ENV=prod K2_HOME=$(PROD_HOME) DAGSTER_HOME=$(PROD_HOME)/dagster \
+	K2_CATALOG_URI=postgresql+psycopg2://k2:k2@127.0.0.1:15432/k2_catalog \
+	K2_DAGSTER_PG_URL=postgresql+psycopg2://k2:k2@127.0.0.1:15432/k2_dagster \
+	K2_WAREHOUSE=s3://warehouse/lake K2_S3_ENDPOINT=http://127.0.0.1:18333 \
+	K2_S3_ACCESS_KEY_ID=k2-access K2_S3_SECRET_ACCESS_KEY=k2-secret-key-for-local-tests \
+	K2_KAFKA_PORT=19192 K2_KAFKA_BOOTSTRAP=127.0.0.1:19192 K2_TICK_TOPIC=market.ticks.asx.prod
+
+demo-prod: install
+	$(PROD_ENV) $(BIN)/python -m k2.demo_prod
+
+demo-prod-stop: install
+	$(PROD_ENV) $(BIN)/python -m k2.demo_prod stop
+
+## Build SeaweedFS (S3 server, Apache-2.0) from the Go module proxy into ~/.cache/k2 (~13 min on 2 cores, once).
+seaweedfs:
+	infra/s3/build-seaweedfs
 
 ## The whole test suite: unit, integration (real broker via one fixture) and chaos.
 test: install
