@@ -5,7 +5,10 @@ before the spike, not with the spike. A left-to-right scan is inherently sequent
 whole-column passes. Each pass compares every tick with the last tick the previous pass found valid. The first
 position where a pass changes anything is exactly the first position that was still wrong, so every pass fixes
 at least one more position per symbol, and a pass that changes nothing is the sequential answer. Isolated spikes
-settle in three passes. If `max_passes` is reached (a long run of anomalies, e.g. a real level shift), every tick
+settle in three passes.
+
+A symbol with no carried last valid price (first batch ever) starts from the median of its first prices in the
+batch, so a spike in its very first tick is caught instead of becoming the reference. If `max_passes` is reached (a long run of anomalies, e.g. a real level shift), every tick
 from the first unsettled one on is flagged: the conservative choice, since flagged ticks wait for review
 (`k2 quarantine release`), while unflagged bad ticks would be published.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import polars as pl
 
+_FIRST_SEEN = 11  # prices whose median seeds the reference of a symbol with no carried last price
 _NO_REF = -(2**63)  # marks "no reference price yet" through a forward fill; no price is -2^63 millionths
 
 
@@ -23,7 +27,7 @@ def flag_anomalies(
     """(anomaly, reference) for every row of `ticks` (exchange, symbol, price; rows in arrival order).
 
     `last_prices` (exchange, symbol, last_price) seeds the reference of each symbol's first tick; without one the
-    first tick is valid. A reference at or below zero (derivatives) disables the check for that tick.
+    median of the symbol's first prices in the batch does. A reference at or below zero (derivatives) disables the check for that tick.
     """
     if ticks.is_empty():
         return pl.DataFrame(schema={"anomaly": pl.Boolean, "reference": pl.Int64})
@@ -35,6 +39,14 @@ def flag_anomalies(
         frame = frame.with_columns(pl.lit(None, pl.Int64).alias("_seed"))
     # Group rows of a symbol together, keeping arrival order inside the group.
     frame = frame.sort("exchange", "symbol", "_pos")
+    # A symbol seen for the first time has no reference: the median of its first few prices is one, robust to a
+    # spike in its very first tick (which would otherwise become the reference and flag every normal tick after).
+    first_seen = frame.group_by("exchange", "symbol").agg(
+        pl.col("price").head(_FIRST_SEEN).quantile(0.5, interpolation="nearest").cast(pl.Int64).alias("_median")
+    )
+    frame = frame.join(first_seen, on=["exchange", "symbol"], how="left", maintain_order="left").with_columns(
+        pl.coalesce("_seed", "_median").alias("_seed")
+    )
     price = frame["price"]
     starts = (
         frame.select(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 import pyarrow as pa
-from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.expressions import BooleanExpression
 from pyiceberg.table import Table
 
 from k2_assets.serving.dq_results import record_results, results_frame
@@ -302,7 +302,9 @@ def _gap_rows(table: Table, sequences: SequenceResult) -> tuple[pa.Table, Boolea
 
 
 def _state_rows(table: Table, sequences: SequenceResult) -> tuple[pa.Table, BooleanExpression | None]:
-    return conform(sequences.state.to_arrow(), table.schema().as_arrow()), AlwaysTrue()
+    """Replace the rows of the symbols this batch read (sequences.state holds all of them, touched or not)."""
+    symbols = sequences.state["symbol"].unique().sort().to_list()
+    return conform(sequences.state.to_arrow(), table.schema().as_arrow()), is_in("symbol", symbols) if symbols else None
 
 
 def _quarantine_rows(quarantine: Table, validation: ValidationResult, batch_id: str):  # type: ignore[no-untyped-def]

@@ -23,8 +23,10 @@ def last(symbol: str, price: int) -> pl.DataFrame:
 
 
 def sequential(prices: list[int], seed: int | None) -> list[bool]:
-    """The definition, one tick at a time (a test oracle; production code never loops over ticks)."""
-    ref, out = seed, []
+    """The definition, one tick at a time (a test oracle; production code never loops over ticks). With nothing
+    carried over, the reference starts at the median of the first 11 prices."""
+    first = pl.Series(prices[:11]).quantile(0.5, interpolation="nearest")
+    ref, out = seed if seed is not None else int(first), []  # type: ignore[arg-type]
     for p in prices:
         bad = ref is not None and ref > 0 and abs(p - ref) * 10_000 > ref * BPS
         out.append(bad)
@@ -39,8 +41,13 @@ def test_a_jump_against_the_previous_batchs_last_price_is_flagged() -> None:
     assert flags["reference"].to_list() == [45_000_000, 45_000_000]
 
 
-def test_without_a_carried_price_the_first_tick_sets_the_reference() -> None:
+def test_without_a_carried_price_normal_ticks_pass() -> None:
     assert flag_anomalies(ticks([50_000_000, 50_100_000]), None, BPS)["anomaly"].to_list() == [False, False]
+
+
+def test_a_spike_in_the_very_first_tick_of_a_new_symbol_is_caught() -> None:
+    flags = flag_anomalies(ticks([56_250_000, 74_960_000, 74_980_000, 74_935_000]), None, BPS)
+    assert flags["anomaly"].to_list() == [True, False, False, False]
 
 
 def test_the_tick_after_a_spike_is_compared_with_the_price_before_the_spike() -> None:
@@ -55,8 +62,9 @@ def test_exactly_ten_percent_is_not_an_anomaly() -> None:
 
 
 def test_a_level_shift_stays_flagged_until_reviewed_even_past_the_pass_limit() -> None:
-    prices = [100_000_000] + [130_000_000] * 40
-    assert flag_anomalies(ticks(prices), None, BPS, max_passes=3)["anomaly"].to_list() == sequential(prices, None)
+    prices = [101_000_000] + [130_000_000] * 40
+    flags = flag_anomalies(ticks(prices), last("BHP", 100_000_000), BPS, max_passes=3)["anomaly"].to_list()
+    assert flags == sequential(prices, 100_000_000) == [False] + [True] * 40
 
 
 def test_symbols_have_their_own_reference() -> None:
