@@ -203,26 +203,29 @@ def combine(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Merge bar states that share (exchange, symbol, window_start) into one state each, exactly: the open is the
     open of the state whose opening tick comes first by (exchange_ts, sequence), the close likewise last; high,
     low, volume, trade count and notional combine; VWAP is recomputed from the merged notional."""
-    first = ["first_ts", "first_sequence"]
-    last = ["last_ts", "last_sequence"]
-    merged = (
+    # Rank every state once by its opening tick and once by its closing tick; per window the open/close is then a
+    # plain min_by/max_by (a fast aggregation) instead of a sort inside each group.
+    ranked = (
         states.lazy()
-        .group_by(BAR_KEY)
-        .agg(
-            pl.col("trading_date").first(),
-            pl.col("window_end").first(),
-            pl.col("open").sort_by(first).first(),
-            pl.col("high").max(),
-            pl.col("low").min(),
-            pl.col("close").sort_by(last).last(),
-            pl.col("volume").sum(),
-            pl.col("trade_count").sum(),
-            pl.col("notional").cast(pl.Int128).sum(),
-            pl.col("first_sequence").sort_by(first).first(),
-            pl.col("last_sequence").sort_by(last).last(),
-            pl.col("first_ts").min(),
-            pl.col("last_ts").max(),
-        )
+        .sort("first_ts", "first_sequence")
+        .with_row_index("_by_first")
+        .sort("last_ts", "last_sequence")
+        .with_row_index("_by_last")
+    )
+    merged = ranked.group_by(BAR_KEY).agg(
+        pl.col("trading_date").first(),
+        pl.col("window_end").first(),
+        pl.col("open").min_by("_by_first"),
+        pl.col("high").max(),
+        pl.col("low").min(),
+        pl.col("close").max_by("_by_last"),
+        pl.col("volume").sum(),
+        pl.col("trade_count").sum(),
+        pl.col("notional").cast(pl.Int128).sum(),
+        pl.col("first_sequence").min_by("_by_first"),
+        pl.col("last_sequence").max_by("_by_last"),
+        pl.col("first_ts").min(),
+        pl.col("last_ts").max(),
     )
     return _with_vwap(merged).select(STATE_COLUMNS).sort(BAR_KEY).collect()
 
