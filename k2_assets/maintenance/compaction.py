@@ -86,6 +86,8 @@ class CompactionResult:
     commit_attempts: int = 0
     snapshot_id: int | None = None
     seconds: float = 0.0
+    rewrite_seconds: float = 0.0  # reading, sorting and writing
+    commit_seconds: float = 0.0  # liveness checks and the commit(s)
     dry_run: bool = False
     planned: list[str] = field(default_factory=list)
     skipped: str = ""  # why the whole table was left alone
@@ -244,6 +246,7 @@ def compact_table(
         result.seconds = time.perf_counter() - started
         return result
     carried_properties(table)  # refuse an unsafe table before writing anything
+    rewrite_started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=policy.threads) as pool:
         futures = [pool.submit(_rewrite, table, plan, policy) for plan in plans]
         rewritten: list[_Rewritten] = []
@@ -256,7 +259,10 @@ def compact_table(
     if failure is not None:
         delete_files(table.io, [f.file_path for r in rewritten for f in r.outputs])
         raise failure
+    commit_started = time.perf_counter()
+    result.rewrite_seconds = commit_started - rewrite_started
     committed = _commit(table, rewritten, result, policy, before_commit)
+    result.commit_seconds = time.perf_counter() - commit_started
     result.partitions_compacted = len(committed)
     result.files_rewritten = sum(len(r.plan.inputs) for r in committed)
     result.files_written = sum(len(r.outputs) for r in committed)

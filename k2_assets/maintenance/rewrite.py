@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import (
     ArrowScan,
+    PyArrowFileIO,
     compute_statistics_plan,
     data_file_statistics_from_parquet_metadata,
     parquet_path_to_id_mapping,
@@ -58,10 +60,31 @@ def sort_spec(table: Table) -> SortSpec:
     return SortSpec(tuple(keys), "at_start", None)
 
 
+def _read_direct(table: Table, files: Sequence[DataFile]) -> pa.Table | None:
+    """Parquet files of a table that never changed its schema, read as one pyarrow dataset (about twice as fast as
+    pyiceberg's per-file scan on many small files). None when that shortcut does not apply."""
+    if len(table.schemas()) != 1 or any(f.file_format != FileFormat.PARQUET for f in files):
+        return None
+    io = table.io
+    if not isinstance(io, PyArrowFileIO):
+        return None
+    locations = [PyArrowFileIO.parse_location(f.file_path) for f in files]
+    if len({(scheme, netloc) for scheme, netloc, _ in locations}) != 1:
+        return None
+    scheme, netloc, _ = locations[0]
+    schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
+    dataset = ds.dataset(
+        [path for _, _, path in locations], schema=schema, format="parquet", filesystem=io.fs_by_scheme(scheme, netloc)
+    )
+    return dataset.to_table()
+
+
 def read_files(table: Table, files: Sequence[DataFile]) -> pa.Table:
     """Exactly the rows of `files`, projected onto the current schema (handles files of older schemas)."""
-    scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
-    arrow = scan.to_table([FileScanTask(f) for f in files])
+    arrow = _read_direct(table, files)
+    if arrow is None:
+        scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
+        arrow = scan.to_table([FileScanTask(f) for f in files])
     expected = sum(int(f.record_count) for f in files)
     if arrow.num_rows != expected:
         raise MaintenanceError(

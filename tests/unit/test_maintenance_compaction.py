@@ -5,19 +5,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from pyiceberg.expressions import EqualTo
+from pyiceberg.types import StringType
 
+from k2.feed.simulator import generate
 from k2_assets.maintenance.compaction import MAINTENANCE_PROPERTY, CompactionPolicy, compact_table
 from k2_assets.maintenance.files import live_files
 from k2_assets.maintenance.rewrite import read_files, sort_rows, sort_spec, write_sorted
+from k2_resources.arrow_util import conform
 from k2_resources.errors import ConfigurationError
 from k2_resources.iceberg import WATERMARK_PROPERTY, read_watermarks
 from k2_resources.tables import TICKS, TableDef
-from tests.unit.test_maintenance_support import append_batches, canonical, catalog_in, tick_rows, ticks_table
+from tests.unit.test_maintenance_support import (
+    SESSION,
+    append_batches,
+    canonical,
+    catalog_in,
+    tick_rows,
+    ticks_table,
+)
 
 EAGER = CompactionPolicy(max_files_per_partition=2, min_avg_file_bytes=0)
 SORT = [("symbol", "ascending"), ("exchange_ts", "ascending")]
@@ -178,3 +189,20 @@ def test_an_append_only_table_is_never_rewritten(tmp_path: Path) -> None:
 
     assert "append-only" in result.skipped and result.rows_rewritten == 0
     assert len(table.snapshots()) == snapshots
+
+
+def test_files_written_before_a_schema_change_are_compacted_onto_the_new_schema(tmp_path: Path) -> None:
+    table, data = ticks_table(tmp_path, batches=3)
+    with table.update_schema() as update:
+        update.rename_column("side", "aggressor")
+        update.add_column("venue", StringType())
+    feed = generate(2_000, seed=8, symbols=3, day=SESSION).ticks
+    feed = feed.rename({"side": "aggressor"}).with_columns(pl.lit("CHIA").alias("venue"))
+    append_batches(table, conform(feed.to_arrow(), table.schema().as_arrow()), 2, first_offset=data.num_rows)
+    expected = canonical(table.scan().to_arrow())
+
+    result = compact_table(table, EAGER)
+
+    assert result.partitions_compacted > 0
+    assert canonical(table.scan().to_arrow()).equals(expected)
+    assert expected["aggressor"].null_count == 0 and expected["venue"].null_count == data.num_rows

@@ -1,0 +1,169 @@
+"""Compaction benchmark: rows/s rewritten, point-query latency (symbol x hour) before and after, file counts.
+
+Builds a `ticks` table of --ticks synthetic ticks over several ASX sessions directly in Iceberg, in --batches
+time-ordered micro-batches through the exactly-once writer (each batch writes one small file per symbol partition,
+as ingest does), then measures DuckDB point queries (iceberg_scan via k2_resources.duckdb), compacts with the
+default policy (>100 files or <50 MB average -> ~512 MB files sorted by symbol, exchange_ts), and measures again.
+
+    .venv/bin/python benchmarks/maintenance.py              # 20M ticks, 400 micro-batches
+    .venv/bin/python benchmarks/maintenance.py --quick      # 2M ticks, 100 micro-batches
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from k2.feed.simulator import generate
+from k2_assets.maintenance.compaction import CompactionPolicy, compact_table
+from k2_assets.maintenance.files import live_files
+from k2_resources.arrow_util import conform
+from k2_resources.duckdb import connect
+from k2_resources.exchanges import calendar
+from k2_resources.iceberg import IcebergResource, OffsetRange, commit_offset_ranges
+from k2_resources.tables import TICKS
+
+TOPIC = "market.ticks.asx"
+POINT_QUERY = (
+    "SELECT count(*), sum(volume), min(price), max(price) FROM ticks "
+    "WHERE symbol = $symbol AND exchange_ts >= $start AND exchange_ts < $stop"
+)
+
+
+def sessions(n: int) -> list[dt.date]:
+    cal = calendar("ASX")
+    days = cal.sessions_in_range("2026-10-01", "2026-12-31")
+    return [d.date() for d in days[:n]]
+
+
+def load(iceberg: IcebergResource, ticks: int, batches: int, days: int) -> tuple[int, float, list[tuple[str, int]]]:
+    """Append `ticks` over `days` sessions in `batches` micro-batches; returns (rows, seconds, (symbol, hour) list)."""
+    table = iceberg.ensure_table(TICKS)
+    schema = table.schema().as_arrow()
+    per_day = ticks // days
+    batches_per_day = max(1, batches // days)
+    offset = 0
+    seconds = 0.0
+    hours: set[tuple[str, int]] = set()
+    for i, day in enumerate(sessions(days)):
+        frame = generate(per_day, seed=100 + i, day=day).ticks
+        hours |= set(
+            frame.select(pl.col("symbol"), (pl.col("exchange_ts") // 3_600_000_000).alias("h")).unique().iter_rows()
+        )
+        rows = conform(frame.to_arrow(), schema)
+        step = -(-rows.num_rows // batches_per_day)
+        started = time.perf_counter()
+        for b in range(batches_per_day):
+            part = rows.slice(b * step, step)
+            rng = OffsetRange(TOPIC, 0, offset, offset + part.num_rows)
+            commit_offset_ranges(table, [rng], lambda _todo, p=part: p, batch_id=f"bench-{offset}")
+            offset += part.num_rows
+        seconds += time.perf_counter() - started
+        print(f"  session {day}: {rows.num_rows:,} ticks in {batches_per_day} batches", flush=True)
+    return offset, seconds, sorted(hours)
+
+
+def point_queries(iceberg: IcebergResource, probes: list[tuple[str, int]], warmup: int = 3) -> np.ndarray:
+    con = connect(iceberg, threads=2)
+    latencies = []
+    for i, (symbol, hour) in enumerate(probes):
+        start = dt.datetime.fromtimestamp(hour * 3600, dt.UTC)
+        params = {"symbol": symbol, "start": start, "stop": start + dt.timedelta(hours=1)}
+        t0 = time.perf_counter()
+        con.execute(POINT_QUERY, params).fetchall()
+        if i >= warmup:
+            latencies.append((time.perf_counter() - t0) * 1000)
+    con.close()
+    return np.array(latencies)
+
+
+def file_stats(iceberg: IcebergResource) -> tuple[int, int, int]:
+    live = live_files(iceberg.load("ticks"))
+    files = live.data_files()
+    return len(files), len(live.data), sum(int(f.file_size_in_bytes) for f in files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ticks", type=int, default=20_000_000)
+    parser.add_argument("--batches", type=int, default=400)
+    parser.add_argument("--days", type=int, default=10, help="ASX sessions the ticks are spread over")
+    parser.add_argument("--queries", type=int, default=200, help="point queries after compaction")
+    parser.add_argument("--queries-before", type=int, default=50, help="point queries before (they are slow)")
+    parser.add_argument("--quick", action="store_true", help="2M ticks, 100 batches, 5 sessions")
+    parser.add_argument("--home", type=Path, default=None, help="directory for the catalog (default: a temp dir)")
+    args = parser.parse_args()
+    if args.quick:
+        args.ticks, args.batches, args.days = 2_000_000, 100, 5
+    home = args.home or Path(tempfile.mkdtemp(prefix="k2-bench-maint-"))
+    iceberg = IcebergResource(catalog_uri=f"sqlite:///{home}/catalog.db", warehouse=(home / "warehouse").as_uri())
+    print(f"loading {args.ticks:,} ticks in {args.batches} micro-batches over {args.days} sessions into {home}")
+    rows, load_s, hours = load(iceberg, args.ticks, args.batches, args.days)
+    rng = np.random.default_rng(7)
+    probes = [hours[i] for i in rng.choice(len(hours), size=max(args.queries, args.queries_before) + 3)]
+
+    files_before, partitions, bytes_before = file_stats(iceberg)
+    print(f"  {rows:,} rows appended at {rows / load_s:,.0f} rows/s; {files_before:,} files in {partitions} partitions")
+    before = point_queries(iceberg, probes[: args.queries_before + 3])
+    print(f"  before: p50 {np.percentile(before, 50):.1f} ms over {len(before)} point queries", flush=True)
+
+    table = iceberg.load("ticks")
+    result = compact_table(table, CompactionPolicy())
+    files_after, _, bytes_after = file_stats(iceberg)
+    after = point_queries(iceberg, probes[: args.queries + 3])
+
+    def pct(a: np.ndarray, q: float) -> str:
+        return f"{np.percentile(a, q):.1f}"
+
+    table_rows = [
+        ("ticks in table", f"{rows:,}", f"{rows:,}", ""),
+        ("data files", f"{files_before:,}", f"{files_after:,}", f"{partitions} partitions"),
+        (
+            "avg file size (KB)",
+            f"{bytes_before / files_before / 1024:,.0f}",
+            f"{bytes_after / files_after / 1024:,.0f}",
+            "",
+        ),
+        ("point query p50 (ms)", pct(before, 50), pct(after, 50), ""),
+        ("point query p95 (ms)", pct(before, 95), pct(after, 95), ""),
+        ("point query p99 (ms)", pct(before, 99), pct(after, 99), "target <= 15 after"),
+        ("point queries", str(len(before)), str(len(after)), "symbol x hour, DuckDB iceberg_scan"),
+        ("rows rewritten", "", f"{result.rows_rewritten:,}", f"{result.partitions_compacted} partitions"),
+        (
+            "MB rewritten -> written",
+            "",
+            f"{result.bytes_rewritten / 2**20:,.0f} -> {result.bytes_written / 2**20:,.0f}",
+            "",
+        ),
+        (
+            "rewrite rows/s (read+sort+write)",
+            "",
+            f"{result.rows_rewritten / result.rewrite_seconds:,.0f}",
+            "target >= 1M",
+        ),
+        ("compaction rows/s (end to end)", "", f"{result.rows_per_second:,.0f}", f"{result.seconds:.1f} s"),
+        ("commit seconds", "", f"{result.commit_seconds:.1f}", f"{result.commit_attempts} attempt(s)"),
+        ("ingest append rows/s (setup)", f"{rows / load_s:,.0f}", "", f"{args.batches} commits"),
+    ]
+    width = [max(len(r[i]) for r in [*table_rows, ("metric", "before", "after", "note")]) for i in range(4)]
+    line = " | ".join
+    print()
+    print(line(h.ljust(w) for h, w in zip(("metric", "before", "after", "note"), width, strict=True)))
+    print("-+-".join("-" * w for w in width))
+    for r in table_rows:
+        print(line(c.ljust(w) for c, w in zip(r, width, strict=True)))
+    print(f"\nmachine: {pa.cpu_count()} CPUs; catalog and warehouse under {home}")
+
+
+if __name__ == "__main__":
+    main()
