@@ -2,7 +2,8 @@
 
 Safety (ARCHITECTURE.md decision 2):
 - The commit deletes exactly the files it read and adds the files it wrote (pyiceberg's overwrite producer with
-  explicit `delete_data_file` / `append_data_file`): one snapshot, no row-level predicate.
+  explicit `delete_data_file` / `append_data_file`): one snapshot, no row-level predicate. The same catalog commit
+  adds an empty append on top, so the current snapshot no longer lists the replaced files (see _commit).
 - The snapshot carries the `k2.*` summary properties of its parent, the watermark included, so the exactly-once
   check of ingest reads the same watermark before and after compaction.
 - Ingest tables have the library's commit retry off (`commit.retry.num-retries=0`), so a compaction commit can
@@ -209,11 +210,15 @@ def _commit(
                     for f in r.outputs:
                         overwrite.append_data_file(f)
                 overwrite.commit()
+                # The overwrite snapshot lists every replaced file as a DELETED manifest entry; readers such as
+                # DuckDB decode those on every query until the next append drops that manifest. Ingest is idle at
+                # night, so drop it now: an empty append in the same catalog commit, carrying the same properties.
+                tx.update_snapshot(snapshot_properties=properties).fast_append().commit()
         except (CommitFailedException, ValidationException):
             time.sleep(min(0.05 * 2**attempt, 2.0))
             continue
         snapshot = table.current_snapshot()
-        result.snapshot_id = snapshot.snapshot_id if snapshot else None
+        result.snapshot_id = snapshot.parent_snapshot_id if snapshot else None  # the overwrite
         return pending
     for r in pending:
         result.given_up[r.plan.label] = f"lost the commit race {policy.max_commit_attempts} times"

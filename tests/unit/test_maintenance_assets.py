@@ -45,9 +45,9 @@ def test_maintenance_assets_materialise_and_report_files_bytes_and_snapshots(
     compacted = _metadata(result, "compaction")
     assert compacted["files_before"] > compacted["files_after"]  # type: ignore[operator]
     assert compacted["rows_rewritten"] > 0 and compacted["bytes_rewritten"] > 0  # type: ignore[operator]
-    assert compacted["snapshots_after"] == snapshots + 1
+    assert compacted["snapshots_after"] == snapshots + 2
     expired = _metadata(result, "expire_snapshots")
-    assert expired["snapshots_before"] == snapshots + 1 and expired["snapshots_after"] == 1
+    assert expired["snapshots_before"] == snapshots + 2 and expired["snapshots_after"] == 1
     assert expired["files_deleted"] > 0  # type: ignore[operator]
     orphans = _metadata(result, "remove_orphan_files")
     assert orphans["orphans_found"] == 0 and orphans["dry_run"] is True
@@ -78,6 +78,6 @@ def test_table_health_shows_small_files_before_compaction_and_not_after(tmp_path
     assert before["partitions_needing_compaction"] > 0 and after["partitions_needing_compaction"] == 0
     assert after["files_per_partition_max"] < before["files_per_partition_max"]
     assert after["data_files"] < before["data_files"] and after["rows"] == before["rows"]
-    assert after["snapshots"] == before["snapshots"] + 1
+    assert after["snapshots"] == before["snapshots"] + 2
     assert after["avg_file_bytes"] > before["avg_file_bytes"]
     assert [h["table"] for h in lakehouse_health(catalog_in(tmp_path), policy)] == ["market_data.ticks"]

@@ -27,7 +27,7 @@ def _exists(path: str) -> bool:
 
 
 def _build(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """s1..s2, tag `bt` on s2, s3..s6, then a compaction snapshot s7."""
+    """s1..s2, tag `bt` on s2, s3..s6, then compaction: its overwrite c1 and the append c2 on top."""
     iceberg = catalog_in(tmp_path)
     table = iceberg.ensure_table(TICKS)
     data = tick_rows(table, 6_000)
@@ -36,7 +36,8 @@ def _build(tmp_path: Path):  # type: ignore[no-untyped-def]
     create_tag(iceberg, "bt", ["ticks"])
     ids += append_batches(table, data.slice(third), 4, first_offset=third)
     compact_table(table, EAGER)
-    ids.append(table.current_snapshot().snapshot_id)
+    current = table.current_snapshot()
+    ids += [current.parent_snapshot_id, current.snapshot_id]
     return iceberg, table, data, ids
 
 
@@ -50,14 +51,14 @@ def test_nothing_younger_than_the_retention_is_expired(tmp_path: Path) -> None:
 
 def test_expiry_keeps_the_last_n_of_main_the_current_and_every_tagged_snapshot(tmp_path: Path) -> None:
     _, table, _, ids = _build(tmp_path)
-    s1, s2, s3, s4, s5, s6, s7 = ids
+    s1, s2, s3, s4, s5, s6, c1, c2 = ids
 
     result = expire_table(table, ALL_OLD, now=LATER)
 
-    assert sorted(result.expired_ids) == sorted([s1, s3, s4])
-    assert {s.snapshot_id for s in table.snapshots()} == {s2, s5, s6, s7}
-    assert table.current_snapshot().snapshot_id == s7
-    assert result.snapshots_before == 7 and result.snapshots_after == 4
+    assert sorted(result.expired_ids) == sorted([s1, s3, s4, s5])
+    assert {s.snapshot_id for s in table.snapshots()} == {s2, s6, c1, c2}
+    assert table.current_snapshot().snapshot_id == c2
+    assert result.snapshots_before == 8 and result.snapshots_after == 4
 
 
 def test_expiry_deletes_exactly_the_files_only_expired_snapshots_referenced(tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_time_travel_to_retained_snapshots_is_unchanged_by_compaction_and_expiry
     assert canonical(scan_as_of(table, snapshot_id=late[-1]).to_arrow()).equals(at_last_ingest)
     assert canonical(table.scan().to_arrow()).equals(at_last_ingest)
 
-    result = expire_table(table, ExpiryPolicy(older_than=dt.timedelta(hours=1), retain_last=2), now=LATER)
+    result = expire_table(table, ExpiryPolicy(older_than=dt.timedelta(hours=1), retain_last=3), now=LATER)
     assert expired_id in result.expired_ids and early[0] in result.expired_ids
 
     assert canonical(scan_as_of(table, tag="backtest").to_arrow()).equals(at_tag)
@@ -133,4 +134,4 @@ def test_a_table_asking_to_keep_more_snapshots_keeps_them(tmp_path: Path) -> Non
 
     expire_table(table, ExpiryPolicy(older_than=dt.timedelta(hours=1), retain_last=1), now=LATER)
 
-    assert {s.snapshot_id for s in table.snapshots()} == {ids[1], *ids[2:]}
+    assert {s.snapshot_id for s in table.snapshots()} == {ids[1], *ids[-5:]}
