@@ -29,9 +29,10 @@ REPLAY_HEADER = "k2-replay"
 
 def parse_speed(text: str | float) -> float | None:
     """'10x' -> 10.0; 'max' (or 0) -> None, as fast as the broker takes them."""
-    raw = str(text).strip().lower().removesuffix("x")
-    if raw in ("max", "0", "inf"):
+    raw = str(text).strip().lower()
+    if raw in ("max", "0", "0x", "inf"):
         return None
+    raw = raw.removesuffix("x")
     try:
         speed = float(raw)
     except ValueError as exc:

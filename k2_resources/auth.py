@@ -54,6 +54,7 @@ DEFAULT_PERMISSIONS: tuple[tuple[str, str, str], ...] = (
 APPEND_ONLY_TABLES = frozenset({"audit_log"})
 
 _metadata = sa.MetaData()
+_ensure_lock = threading.Lock()
 PERMISSIONS = sa.Table(
     "k2_rbac_permissions",
     _metadata,
@@ -108,6 +109,12 @@ class AuthStore:
 
     def ensure(self) -> None:
         """Create the tables and seed the review's permission table once (later grants and revokes stick)."""
+        if self._ready:
+            return
+        with _ensure_lock:
+            self._ensure_locked()
+
+    def _ensure_locked(self) -> None:
         if self._ready:
             return
         _metadata.create_all(self.engine)

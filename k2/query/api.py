@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -65,14 +66,16 @@ class QueryResult:
 
 _audit_logs: dict[tuple[str, str, str], AuditLog] = {}
 _tails: dict[tuple[str, str], TailReader] = {}
+_shared_lock = threading.Lock()
 
 
 def shared_audit_log(settings: Settings) -> AuditLog:
     key = (settings.catalog_uri, settings.warehouse, settings.namespace)
-    log = _audit_logs.get(key)
-    if log is None:
-        log = _audit_logs[key] = AuditLog(IcebergResource.from_settings(settings), settings.catalog_uri)
-    return log
+    with _shared_lock:
+        log = _audit_logs.get(key)
+        if log is None:
+            log = _audit_logs[key] = AuditLog(IcebergResource.from_settings(settings), settings.catalog_uri)
+        return log
 
 
 class Client:
@@ -190,6 +193,11 @@ class Client:
     def _tail_reader(self, ticks: TableMeta) -> TailReader:
         topic = self.settings.tick_topic
         key = (self.settings.kafka_bootstrap, topic) if self._log is None else (str(id(self._log)), topic)
+        with _shared_lock:
+            return self._tail_reader_locked(key, ticks)
+
+    def _tail_reader_locked(self, key: tuple[str, str], ticks: TableMeta) -> TailReader:
+        topic = self.settings.tick_topic
         reader = _tails.get(key)
         if reader is None:
             log = self._log or KafkaResource(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_s=5.0)

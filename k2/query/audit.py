@@ -112,19 +112,22 @@ class AuditLog:
         self._table: Table | None = None
         self._ready = False
         self._flush_lock = threading.Lock()
+        self._setup_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.commits = 0
 
     def _ensure(self) -> None:
-        if not self._ready:
-            _metadata.create_all(self.engine)
-            self._ready = True
+        with self._setup_lock:
+            if not self._ready:
+                _metadata.create_all(self.engine)
+                self._ready = True
 
     def table(self) -> Table:
-        if self._table is None:
-            self._table = self.iceberg.ensure_table(AUDIT_LOG)
-        return self._table
+        with self._setup_lock:
+            if self._table is None:
+                self._table = self.iceberg.ensure_table(AUDIT_LOG)
+            return self._table
 
     def append(self, event: AuditEvent) -> None:
         """Make `event` durable (raises AuditWriteError if it could not be: the caller must not serve the read)."""

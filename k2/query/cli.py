@@ -102,10 +102,15 @@ def emit(result: QueryResult, fmt: str, limit: int, output: Path | None, c: Clie
 
 
 def _printable(frame: pl.DataFrame) -> pl.DataFrame:
+    """CSV has no nested types: lists become `a|b`, structs JSON."""
     import polars as pl
 
-    nested = [n for n, t in frame.schema.items() if isinstance(t, (pl.List, pl.Struct))]
-    return frame.with_columns(pl.col(n).cast(pl.String, strict=False) for n in nested) if nested else frame
+    lists = [n for n, t in frame.schema.items() if isinstance(t, pl.List)]
+    structs = [n for n, t in frame.schema.items() if isinstance(t, pl.Struct)]
+    return frame.with_columns(
+        *(pl.col(n).cast(pl.List(pl.String)).list.join("|") for n in lists),
+        *(pl.col(n).struct.json_encode() for n in structs),
+    )
 
 
 @query_app.command("sql")

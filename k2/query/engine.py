@@ -103,6 +103,7 @@ class QueryEngine:
         self.namespace = iceberg.namespace
         self.limits = limits or QueryLimits()
         self._catalog: Catalog | None = None
+        self._catalog_lock = threading.Lock()
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.limits.max_concurrent)
         self._idle: list[_Slot] = []
@@ -115,9 +116,10 @@ class QueryEngine:
     # ---- metadata -------------------------------------------------------------------------------------------
 
     def catalog(self) -> Catalog:
-        if self._catalog is None:
-            self._catalog = self.iceberg.catalog()
-        return self._catalog
+        with self._catalog_lock:  # opening a SQL catalog creates its tables: once, not once per thread
+            if self._catalog is None:
+                self._catalog = self.iceberg.catalog()
+            return self._catalog
 
     def _pointers(self) -> dict[str, str]:
         """table name -> current metadata location, in one catalog round trip where the catalog allows it."""

@@ -60,6 +60,8 @@ class LakehouseCollector(Collector):
             for ident in sorted(catalog.list_tables(iceberg.namespace)):
                 name = ident[-1]
                 table = catalog.load_table(ident)
+                if name in INGEST_TABLES:
+                    watermarks[name] = read_watermarks(table).get(self.settings.tick_topic, {})
                 fams["k2_table_snapshots"].add_metric([name], len(table.snapshots()))
                 snap = table.current_snapshot()
                 if snap is None:
@@ -68,7 +70,13 @@ class LakehouseCollector(Collector):
                 fams["k2_table_records"].add_metric([name], float(props.get("total-records", 0)))
                 fams["k2_table_data_files"].add_metric([name], float(props.get("total-data-files", 0)))
                 fams["k2_table_last_commit_timestamp_seconds"].add_metric([name], snap.timestamp_ms / 1000)
-                parts = table.inspect.partitions().select(["partition", "file_count"]).to_pylist()
+                partitions = table.inspect.partitions()
+                if "partition" in partitions.column_names:
+                    parts = partitions.select(["partition", "file_count"]).to_pylist()
+                else:  # unpartitioned, or no data file yet
+                    parts = [
+                        {"partition": None, "file_count": row} for row in partitions.column("file_count").to_pylist()
+                    ]
                 most = 0
                 for row in parts:
                     fams["k2_partition_data_files"].add_metric(
@@ -76,8 +84,6 @@ class LakehouseCollector(Collector):
                     )
                     most = max(most, int(row["file_count"]))
                 fams["k2_table_partition_files_max"].add_metric([name], most)
-                if name in INGEST_TABLES:
-                    watermarks[name] = read_watermarks(table).get(self.settings.tick_topic, {})
             fams["k2_component_up"].add_metric(["catalog"], 1)
         except Exception:  # noqa: BLE001 - a scrape reports the catalog as down instead of failing
             fams["k2_component_up"].add_metric(["catalog"], 0)

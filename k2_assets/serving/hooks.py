@@ -10,6 +10,7 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2_resources.errors import K2Error
@@ -63,7 +64,9 @@ def tick_to_queryable_seconds(iceberg: IcebergResource, ranges: list[dict[str, A
     arrow = iceberg.load("raw_ticks").scan(row_filter=row_filter, selected_fields=("kafka_ts",)).to_arrow()
     if arrow.num_rows == 0:
         return np.zeros(0)
-    kafka_us = pc.cast(pc.cast(arrow["kafka_ts"], "timestamp[us, tz=UTC]"), "int64").to_numpy(zero_copy_only=False)
+    kafka_us = pc.cast(pc.cast(arrow["kafka_ts"], pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy(
+        zero_copy_only=False
+    )
     return np.maximum(0.0, (snap.timestamp_ms * 1000 - kafka_us) / 1e6)
 
 
