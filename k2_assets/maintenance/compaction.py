@@ -25,7 +25,7 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
 from k2_assets.maintenance.files import LiveFiles, PartitionKey, delete_files, live_files, partition_label
-from k2_assets.maintenance.rewrite import read_files, sort_rows, sort_spec, write_sorted
+from k2_assets.maintenance.rewrite import dictionary_columns, read_files, sort_rows, sort_spec, write_sorted
 from k2_resources.errors import ConfigurationError
 from k2_resources.iceberg import BATCH_PROPERTY, WATERMARK_PROPERTY
 
@@ -153,7 +153,7 @@ class _Rewritten:
     rows: int
 
 
-def _rewrite(table: Table, plan: PartitionPlan, policy: CompactionPolicy) -> _Rewritten:
+def _rewrite(table: Table, plan: PartitionPlan, policy: CompactionPolicy, dictionary: list[str]) -> _Rewritten:
     spec = sort_spec(table)
     outputs: list[DataFile] = []
     rows = 0
@@ -168,6 +168,7 @@ def _rewrite(table: Table, plan: PartitionPlan, policy: CompactionPolicy) -> _Re
                 target_file_bytes=policy.target_file_bytes,
                 row_group_rows=policy.row_group_rows,
                 sort_order_id=spec.order_id,
+                dictionary=dictionary,
             )
     except BaseException:
         delete_files(table.io, [f.file_path for f in outputs])
@@ -252,8 +253,10 @@ def compact_table(
         return result
     carried_properties(table)  # refuse an unsafe table before writing anything
     rewrite_started = time.perf_counter()
+    # Which columns to dictionary-encode is judged once per table, on a sample file, not once per group.
+    dictionary = dictionary_columns(read_files(table, plans[0].groups[0][:1]))
     with ThreadPoolExecutor(max_workers=policy.threads) as pool:
-        futures = [pool.submit(_rewrite, table, plan, policy) for plan in plans]
+        futures = [pool.submit(_rewrite, table, plan, policy, dictionary) for plan in plans]
         rewritten: list[_Rewritten] = []
         failure: BaseException | None = None
         for future in futures:

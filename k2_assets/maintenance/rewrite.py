@@ -113,7 +113,7 @@ def dictionary_columns(rows: pa.Table, sample_rows: int = 10_000, max_ratio: flo
     ]
 
 
-def _writer_options(table: Table, rows: pa.Table) -> dict[str, object]:
+def _writer_options(table: Table, rows: pa.Table, dictionary: list[str] | None) -> dict[str, object]:
     props = table.properties
     codec = props.get("write.parquet.compression-codec", "zstd")
     level = props.get("write.parquet.compression-level")
@@ -121,7 +121,7 @@ def _writer_options(table: Table, rows: pa.Table) -> dict[str, object]:
         "compression": "none" if codec == "uncompressed" else codec,
         "compression_level": int(level) if level else None,
         "store_decimal_as_integer": True,
-        "use_dictionary": dictionary_columns(rows),
+        "use_dictionary": dictionary_columns(rows) if dictionary is None else dictionary,
     }
 
 
@@ -133,15 +133,17 @@ def write_sorted(
     target_file_bytes: int,
     row_group_rows: int,
     sort_order_id: int | None,
+    dictionary: list[str] | None = None,
 ) -> list[DataFile]:
     """Write `rows` (already sorted) next to `template` as files of about `target_file_bytes` on disk each,
-    rolling to a new file at a row-group boundary once the target is reached."""
+    rolling to a new file at a row-group boundary once the target is reached. `dictionary` names the columns to
+    dictionary-encode (default: judged from `rows`)."""
     schema = table.schema()
     file_schema = schema_to_pyarrow(schema, include_field_ids=True)
     rows = rows.cast(file_schema)
     stats_plan = compute_statistics_plan(schema, table.properties)
     column_ids = parquet_path_to_id_mapping(schema)
-    options = _writer_options(table, rows)
+    options = _writer_options(table, rows, dictionary)
     directory = template.file_path.rsplit("/", 1)[0]
     prefix = uuid.uuid4().hex
     written: list[DataFile] = []
