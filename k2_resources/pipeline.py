@@ -13,6 +13,8 @@ class PipelineResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     tick_topic: str = "market.ticks.asx"
     max_batch_per_partition: int = 500_000
     derivative_symbols: list[str] = []
+    # Confluent-API schema registry (prod); None = the schema files shipped with the code.
+    schema_registry_url: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineResource:
@@ -20,7 +22,12 @@ class PipelineResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             exchange=settings.exchange,
             tick_topic=settings.tick_topic,
             max_batch_per_partition=settings.max_batch_per_partition,
+            schema_registry_url=settings.schema_registry_url,
         )
 
     def schema_store(self) -> SchemaStore:
+        if self.schema_registry_url:
+            from k2_resources.registry import RegistrySchemaStore
+
+            return RegistrySchemaStore(self.schema_registry_url)
         return FileSchemaStore()

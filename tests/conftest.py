@@ -15,6 +15,7 @@ import pytest
 from k2_resources.broker import LocalKafkaBroker, free_port
 from k2_resources.env import Settings, load_settings
 from k2_resources.postgres import LocalPostgres
+from k2_resources.registry_server import LocalSchemaRegistry
 from k2_resources.s3_server import LocalObjectStore
 
 _topic_ids = itertools.count(1)
@@ -52,6 +53,23 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalObje
     store.start()
     yield store
     store.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory, postgres: LocalPostgres) -> Iterator[LocalSchemaRegistry]:
+    """A real Confluent-API schema registry (Apicurio Registry from Maven Central, Java 21+) on a free 127.0.0.1
+    port, storing its schemas in the session's PostgreSQL, for the whole session."""
+    postgres.create_database("registry")
+    registry = LocalSchemaRegistry(
+        tmp_path_factory.mktemp("registry"),
+        free_port(),
+        jdbc_url=f"jdbc:postgresql://127.0.0.1:{postgres.port}/registry",
+        jdbc_user=postgres.user,
+        jdbc_password=postgres.password,
+    )
+    registry.start()
+    yield registry
+    registry.stop()
 
 
 def make_settings(home: Path, bootstrap: str = "127.0.0.1:1", topic: str | None = None, **extra: str) -> Settings:
