@@ -19,6 +19,7 @@ from k2.replay import replay_cmd
 from k2.serving.metrics import metrics_app
 from k2.tags import tag_app
 from k2_assets.maintenance.cli import maintain_app
+from k2_assets.serving.dq_cli import dq_app, quarantine_app
 from k2_resources.env import Settings, load_settings
 from k2_resources.errors import K2Error
 
@@ -34,6 +35,9 @@ app.add_typer(metrics_app, name="metrics")
 app.add_typer(tag_app, name="tag")
 app.command("replay")(replay_cmd)
 app.add_typer(maintain_app, name="maintain")
+# Data quality (issue 4): quarantine review and the daily DQ report.
+app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(dq_app, name="dq")
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 
