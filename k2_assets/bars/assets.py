@@ -10,6 +10,7 @@
 
 import datetime as dt
 from collections import defaultdict
+from typing import Any
 
 import dagster as dg
 
@@ -26,7 +27,7 @@ POOL = "k2_bars"  # one bar writer at a time when the instance limits this pool 
 KINDS = {"polars", "iceberg"}
 
 
-def _day_metadata(report: DayReport) -> dict[str, dg.MetadataValue]:
+def _day_metadata(report: DayReport) -> dict[str, Any]:
     return {
         "trading_date": dg.MetadataValue.text(report.day[1].isoformat()),
         "bars": dg.MetadataValue.int(report.bars),
@@ -37,10 +38,10 @@ def _day_metadata(report: DayReport) -> dict[str, dg.MetadataValue]:
     }
 
 
-def _run_metadata(result: BarsRunResult, interval: str) -> dict[str, dg.MetadataValue]:
+def _run_metadata(result: BarsRunResult, interval: str) -> dict[str, Any]:
     rows = [r for r in result.reports if r.interval == interval]
     totals = result.totals(interval)
-    meta = {
+    meta: dict[str, Any] = {
         "bars_written": dg.MetadataValue.int(totals["bars_written"]),
         "bars_restated": dg.MetadataValue.int(totals["bars_restated"]),
         "open_bars": dg.MetadataValue.int(totals["open_bars"]),

@@ -14,7 +14,6 @@ re-plans; the library's blind retry is off):
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -127,17 +126,6 @@ def _max_marks(marks: dict[str, int], ticks: pl.DataFrame) -> dict[str, int]:
     return out
 
 
-def _recent_days(marks: dict[str, int]) -> set[Day]:
-    """Days that may hold bars still open under `marks`: windows ending after W - lateness start no earlier than
-    one day (the daily bar) before it."""
-    out: set[Day] = set()
-    for code, wm in marks.items():
-        out |= trading_dates_of_utc_days(
-            {(code, dt.datetime.fromtimestamp(t / 1e6, dt.UTC).date()) for t in (wm - DAY_US - ALLOWED_LATENESS_US, wm)}
-        )
-    return out
-
-
 def closed_days(days: Iterable[Day], now_us: int) -> frozenset[Day]:
     """Days whose session closed at least the allowed lateness ago by the wall clock (or that are no session):
     a rebuild marks all their bars final."""
@@ -239,7 +227,7 @@ def _live_1m(tables: BarTables, result: BarsRunResult, run_id: str, now: int) ->
     for frame in full_ticks.values():
         marks_after = _max_marks(marks_after, frame)
     new_days = {(x, d) for x, d in new.select("exchange", "trading_date").unique().iter_rows()}
-    days = sorted(set(full) | new_days | (_recent_days(marks_before) if marks_after != marks_before else set()))
+    days = sorted(set(full) | new_days)
     old_all = read_days(b1, days)
     changed: dict[Day, Restated] = {}
     for day in days:
@@ -259,8 +247,6 @@ def _live_1m(tables: BarTables, result: BarsRunResult, run_id: str, now: int) ->
             old,
             fresh,
             interval="1m",
-            marks_before=marks_before,
-            marks_after=marks_after,
             now_us=now,
             source_snapshot_id=snap.snapshot_id,
             causes=day_causes,
@@ -304,9 +290,7 @@ def _live_rollup(
         days: set[Day] = {(str(p[exch_pos]), as_date(p[date_pos])) for p in parts}
     else:
         days = {(str(p["exchange"]), as_date(p["trading_date"])) for p in _partitions(b1)}
-    if state_1m.watermark != state.watermark:
-        days |= _recent_days(state.watermark)
-    changed = _rollup(tables, interval, sorted(days), state.watermark, state_1m.watermark, frozenset(), ticks, now)
+    changed = _rollup(tables, interval, sorted(days), frozenset(), ticks, now)
     for day, restated in changed.items():
         result.reports.append(_report(interval, day, restated, 0))
     new_state = BarState(rolled_from=state_1m.snapshot_id, watermark=state_1m.watermark)
@@ -322,8 +306,6 @@ def _rollup(
     tables: BarTables,
     interval: str,
     days: list[Day],
-    marks_before: dict[str, int],
-    marks_after: dict[str, int],
     closed: frozenset[Day],
     ticks: pl.DataFrame | None,
     now: int,
@@ -350,8 +332,6 @@ def _rollup(
             old_all.filter(day_filter),
             fresh,
             interval=interval,
-            marks_before=marks_before,
-            marks_after=marks_after,
             closed_days=closed,
             now_us=now,
             source_snapshot_id=source,
@@ -397,8 +377,6 @@ def _rebuild_day(tables: BarTables, day: Day, run_id: str, now: int) -> tuple[Da
         old,
         fresh,
         interval="1m",
-        marks_before=state.watermark,
-        marks_after=_max_marks(state.watermark, frame) if frame.height else state.watermark,
         closed_days=closed_days([day], now),
         now_us=now,
         source_snapshot_id=snap.snapshot_id if snap else None,
@@ -425,11 +403,8 @@ def rollup_days(
         b1, bx = tables.bars["1m"], tables.bars[interval]
         b1.refresh()
         bx.refresh()
-        state, state_1m = read_state(bx), read_state(b1)
-        marks_after = {k: max(v, state.watermark.get(k, v)) for k, v in state_1m.watermark.items()}
-        changed = _rollup(
-            tables, interval, wanted, state.watermark, marks_after, closed_days(wanted, now), None, now, False
-        )
+        state = read_state(bx)
+        changed = _rollup(tables, interval, wanted, closed_days(wanted, now), None, now, False)
         result.reports = [_report(interval, d, r, 0) for d, r in changed.items()]
         result.corrections = _commit(tables, interval, changed, state, run_id)
 

@@ -1,10 +1,14 @@
 """Revisions, finality and corrections: compare the stored bars of some partitions with their recomputation.
 
-Windows close in event time (the stream-time model of Kafka Streams / Flink): the watermark W of an exchange is the
-largest exchange_ts K2 has built bars from. A window [start, end) is *open* while W < end + 10 s (allowed
-lateness; `is_final` = false: the bar may still change and changes are not restatements) and *final* after. A tick
-that lands in a final window restates its bar: revision + 1 and a row in bar_corrections with the old and new
-values and the ticks that caused it. The real-time view may show a bar from W >= end + 5 s (grace).
+Windows close in event time, per symbol (the stream time of a keyed stream, as in Kafka Streams; ticks are keyed
+by symbol, so a symbol's ticks arrive in one Kafka partition, in order): the watermark W of (exchange, symbol) on a
+trading day is the exchange_ts of the latest tick K2 has built its bars from, i.e. max(last_ts) of its bars. A
+window [start, end) is *open* while W < end + 10 s (allowed lateness; `is_final` = false: the bar may still change
+and changes are not restatements) and *final* after. A per-exchange watermark would call every tick of a busy
+Kafka partition late as soon as a quieter partition ran ahead. A tick that lands in a final window restates its
+bar: revision + 1 and a row in bar_corrections with the old and new values and the ticks that caused it. The
+real-time view may show a bar from W >= end + 5 s (grace). The last windows of a symbol's day become final when
+the day is settled (a partition run after the close: `closed_days`).
 """
 
 from __future__ import annotations
@@ -30,16 +34,9 @@ class Restated:
     open_bars: int  # bars still open after this write
 
 
-def _watermark(expr_exchange: pl.Expr, marks: dict[str, int]) -> pl.Expr:
-    if not marks:
-        return pl.lit(None, pl.Int64)
-    return expr_exchange.replace_strict(list(marks), list(marks.values()), default=None, return_dtype=pl.Int64)
-
-
-def final_expr(window_end: pl.Expr, marks: dict[str, int], exchange: pl.Expr | None = None) -> pl.Expr:
-    """Whether a window is closed under watermarks `marks` (a missing exchange has seen nothing: open)."""
-    wm = _watermark(exchange if exchange is not None else pl.col("exchange"), marks)
-    return (window_end + ALLOWED_LATENESS_US <= wm).fill_null(False)
+def stream_time(rows: pl.DataFrame) -> pl.DataFrame:
+    """(exchange, symbol, trading_date) -> W: the latest tick time in these bars."""
+    return rows.group_by("exchange", "symbol", "trading_date").agg(pl.col("last_ts").max().alias("_w"))
 
 
 def restate(
@@ -47,8 +44,6 @@ def restate(
     new: pl.DataFrame,
     *,
     interval: str,
-    marks_before: dict[str, int],
-    marks_after: dict[str, int],
     closed_days: frozenset[tuple[str, dt.date]] = frozenset(),
     now_us: int,
     source_snapshot_id: int | None,
@@ -64,6 +59,13 @@ def restate(
         {c: f"{c}_old" for c in STATE_COLUMNS + STORED_EXTRA if c not in BAR_KEY}
     )
     joined = new.select(STATE_COLUMNS).join(prior, on=BAR_KEY, how="full", coalesce=True)
+    before = stream_time(old).rename({"trading_date": "_day", "_w": "_w_before"})
+    after = stream_time(new).rename({"trading_date": "_day", "_w": "_w_after"})
+    joined = (
+        joined.with_columns(pl.coalesce(pl.col("trading_date"), pl.col("trading_date_old")).alias("_day"))
+        .join(before, on=["exchange", "symbol", "_day"], how="left")
+        .join(after, on=["exchange", "symbol", "_day"], how="left")
+    )
     exists_old = pl.col("revision_old").is_not_null()
     exists_new = pl.col("trade_count").is_not_null()
     end = pl.coalesce(pl.col("window_end"), pl.col("window_end_old"))
@@ -71,9 +73,12 @@ def restate(
     closed = pl.lit(False)
     for code, closed_day in closed_days:  # a handful of (exchange, day) pairs, not rows
         closed = closed | ((pl.col("exchange") == code) & (day == closed_day))
-    was_final = pl.col("is_final_old").fill_null(False) | final_expr(end, marks_before)
+    was_final = pl.col("is_final_old").fill_null(False) | (end + ALLOWED_LATENESS_US <= pl.col("_w_before")).fill_null(
+        False
+    )
     changed = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}_old")) for c in VALUE_COLUMNS])
-    is_final = exists_new & (pl.col("is_final_old").fill_null(False) | final_expr(end, marks_after) | closed)
+    final_now = (end + ALLOWED_LATENESS_US <= pl.col("_w_after")).fill_null(False)
+    is_final = exists_new & (pl.col("is_final_old").fill_null(False) | final_now | closed)
     restatement = was_final & (changed | ~exists_new | (~exists_old & pl.lit(late_inserts)))
     revision = (
         pl.when(~exists_old)
