@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from k2_assets.bars.assets import BAR_ASSETS, bars_daily_job, bars_live
+from k2_assets.bars.assets import BAR_ASSETS, bars_daily_job, bars_live, bars_settle_schedule
 from k2_assets.maintenance.assets import MAINTENANCE_ASSETS, MAINTENANCE_JOBS, maintenance_schedules
 from k2_assets.serving.hooks import METRIC_HOOKS
 from k2_assets.serving.resources import MetricsResource
@@ -49,7 +49,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         jobs=[ingest_job, bars_daily_job, *MAINTENANCE_JOBS],
         sensors=[kafka_ticks_sensor],
         # Maintenance runs at night in the exchange's own time zone (Australia/Sydney for ASX).
-        schedules=maintenance_schedules(exchange_info(settings.exchange).tz),
+        schedules=[*maintenance_schedules(exchange_info(settings.exchange).tz), bars_settle_schedule],
         resources=resources_for(settings),
     )
 

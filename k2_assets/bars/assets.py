@@ -11,6 +11,7 @@
 import datetime as dt
 from collections import defaultdict
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
@@ -165,3 +166,19 @@ bars_daily_job = dg.define_asset_job(
     partitions_def=BAR_PARTITIONS,
     description="Recompute whole trading days of bars (1m from ticks, then 5m/1h/1d): backfills, re-runs.",
 )
+
+
+@dg.schedule(
+    job=bars_daily_job,
+    cron_schedule="30 16 * * 1-5",
+    execution_timezone="Australia/Sydney",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Settles the day after the XASX close: recomputes today's partitions whole (a reconciliation of the "
+    "live path against the ticks) and marks every bar of the closed session final.",
+)
+def bars_settle_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    scheduled = context.scheduled_execution_time
+    key = (scheduled or dt.datetime.now(dt.UTC)).astimezone(ZoneInfo("Australia/Sydney")).date().isoformat()
+    if key not in BAR_PARTITIONS.get_partition_keys():
+        return dg.SkipReason(f"{key} is not an XASX trading day")
+    return dg.RunRequest(run_key=f"settle-{key}", partition_key=key, tags={"k2/bars": "settle"})

@@ -14,6 +14,7 @@ EXPECTED_JOBS = {"ingest_job", "compaction_job", "expire_snapshots_job", "remove
 EXPECTED_JOBS |= {"bars_daily_job"}
 EXPECTED_SENSORS = {"kafka_ticks_sensor"}
 EXPECTED_SCHEDULES = {"compaction_schedule", "expire_snapshots_schedule", "remove_orphan_files_schedule"}
+EXPECTED_SCHEDULES |= {"bars_settle_schedule"}
 
 
 def test_definitions_snapshot(tmp_path) -> None:
