@@ -50,3 +50,9 @@ def test_ingest_job_updates_bars_live_and_bar_tables_are_daily_partitioned(tmp_p
         # XASX trading days only: a weekday session is a key, a weekend or Christmas Day is not.
         assert "2026-11-25" in keys and "2026-11-28" not in keys and "2025-12-25" not in keys
     assert graph.get(dg.AssetKey("bars_live")).partitions_def is None
+
+
+def test_ingest_job_steps_record_metrics_through_hooks(tmp_path) -> None:
+    defs = build_definitions(load_settings({"K2_HOME": str(tmp_path)}))
+    hooks = {h.name for h in defs.resolve_job_def("ingest_job").hook_defs}
+    assert hooks == {"record_asset_success", "record_asset_failure"}
