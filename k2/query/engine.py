@@ -26,7 +26,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
 from k2.query.cache import TTLCache
-from k2_resources.duckdb import load_extensions
+from k2_resources.duckdb import configure_s3, load_extensions
 from k2_resources.env import Settings
 from k2_resources.errors import (
     QueryError,
@@ -80,12 +80,13 @@ class Execution:
 
 
 class _Slot:
-    def __init__(self, limits: QueryLimits, namespace: str) -> None:
+    def __init__(self, limits: QueryLimits, namespace: str, s3_properties: dict[str, str]) -> None:
         config: dict[str, Any] = {"memory_limit": limits.memory_limit}
         if limits.threads:
             config["threads"] = limits.threads
         self.con = duckdb.connect(config=config)
         load_extensions(self.con)
+        configure_s3(self.con, s3_properties)  # an s3:// warehouse (prod): httpfs + the catalog's credentials
         # No spill directory: the memory limit is a hard limit (the review's "prevent OOM"), not a hint.
         self.con.execute("SET temp_directory = ''")
         self.con.execute("SET enable_progress_bar = false")
@@ -196,7 +197,7 @@ class QueryEngine:
             self.metrics.in_flight(self._running)
         if slot is None:
             try:
-                slot = _Slot(self.limits, self.namespace)
+                slot = _Slot(self.limits, self.namespace, dict(self.iceberg.catalog_properties))
             except BaseException:
                 self._release(None)
                 raise
