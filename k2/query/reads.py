@@ -145,10 +145,15 @@ def asof_sql(
     prefix: str,
 ) -> str:
     """Each trade with the last right row known at its time (bars: the last bar *closed* by then, no look-ahead)."""
-    left_cols = ", ".join(f't."{c}"' for c in left_columns)
-    right_cols = ", ".join(f'r."{c}" AS "{prefix}{c}"' for c in right_columns)
+    left_cols = ", ".join(f"t.{ident(c)}" for c in left_columns)
+    right_cols = ", ".join(f"r.{ident(c)} AS {ident(prefix + c)}" for c in right_columns)
     return (
         f"WITH r AS (SELECT *, {right_time} AS _k2_known_at FROM {right} WHERE {predicate}) "
         f"SELECT {left_cols}, {right_cols} FROM {TRADES_VIEW} t ASOF LEFT JOIN r "
-        f'ON t."{by}" = r.symbol AND t."{on}" >= r._k2_known_at ORDER BY t."{on}", t."{by}"'
+        f"ON t.{ident(by)} = r.symbol AND t.{ident(on)} >= r._k2_known_at ORDER BY t.{ident(on)}, t.{ident(by)}"
     )
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier (column names come from the caller's frame)."""
+    return '"' + name.replace('"', '""') + '"'
