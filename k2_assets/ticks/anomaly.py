@@ -31,31 +31,31 @@ def flag_anomalies(
     """
     if ticks.is_empty():
         return pl.DataFrame(schema={"anomaly": pl.Boolean, "reference": pl.Int64})
+    # An integer code per (exchange, symbol): grouping and sorting on it is much cheaper than on the strings.
+    key = pl.concat_str(["exchange", "symbol"], separator="\x1f", ignore_nulls=True)
     frame = ticks.select("exchange", "symbol", "price").with_row_index("_pos")
-    if last_prices is not None and not last_prices.is_empty():
-        seeds = last_prices.select("exchange", "symbol", pl.col("last_price").cast(pl.Int64).alias("_seed"))
-        frame = frame.join(seeds.unique(["exchange", "symbol"]), on=["exchange", "symbol"], how="left")
-    else:
-        frame = frame.with_columns(pl.lit(None, pl.Int64).alias("_seed"))
-    # Group rows of a symbol together, keeping arrival order inside the group.
-    frame = frame.sort("exchange", "symbol", "_pos")
-    # A symbol seen for the first time has no reference: the median of its first few prices is one, robust to a
-    # spike in its very first tick (which would otherwise become the reference and flag every normal tick after).
-    first_seen = frame.group_by("exchange", "symbol").agg(
-        pl.col("price").head(_FIRST_SEEN).quantile(0.5, interpolation="nearest").cast(pl.Int64).alias("_median")
+    frame = frame.with_columns(key.cast(pl.Categorical).to_physical().alias("_g"))
+    groups = frame.group_by("_g").agg(
+        pl.col("exchange").first(),
+        pl.col("symbol").first(),
+        # A symbol seen for the first time has no reference: the median of its first few prices is one, robust to
+        # a spike in its very first tick (which would otherwise become the reference and flag every tick after).
+        pl.col("price").head(_FIRST_SEEN).quantile(0.5, interpolation="nearest").cast(pl.Int64).alias("_median"),
     )
-    frame = frame.join(first_seen, on=["exchange", "symbol"], how="left", maintain_order="left").with_columns(
-        pl.coalesce("_seed", "_median").alias("_seed")
+    if last_prices is not None and not last_prices.is_empty():
+        seeds = last_prices.select("exchange", "symbol", pl.col("last_price").cast(pl.Int64).alias("_carried"))
+        groups = groups.join(seeds.unique(["exchange", "symbol"]), on=["exchange", "symbol"], how="left")
+    else:
+        groups = groups.with_columns(pl.lit(None, pl.Int64).alias("_carried"))
+    groups = groups.select("_g", pl.coalesce("_carried", "_median").alias("_seed"))
+    # Rows of a symbol together, in arrival order inside the group (a stable sort on the code alone).
+    frame = (
+        frame.select("_g", "_pos", "price")
+        .sort("_g", maintain_order=True)
+        .join(groups, on="_g", how="left", maintain_order="left")
     )
     price = frame["price"]
-    starts = (
-        frame.select(
-            (pl.col("exchange").ne_missing(pl.col("exchange").shift(1)))
-            | (pl.col("symbol").ne_missing(pl.col("symbol").shift(1)))
-        )
-        .to_series()
-        .fill_null(True)
-    )
+    starts = frame.select(pl.col("_g").ne_missing(pl.col("_g").shift(1))).to_series().fill_null(True)
     seed = frame["_seed"].fill_null(_NO_REF)
     valid = pl.Series([True] * frame.height)
     anomaly = ~valid

@@ -127,8 +127,10 @@ def track_sequences(
     rows = (
         received.select("exchange", "symbol", "sequence", "exchange_ts", "trading_date", "price", "valid", "arrival")
         .join(before, on=GROUP, how="left")
-        .sort(*GROUP, "arrival")
-        .with_columns(_group_start(*GROUP).alias("_start"))
+        # An integer code per (exchange, symbol): sorting and windowing on it is cheaper than on the strings.
+        .with_columns(pl.concat_str(GROUP, separator="\x1f").cast(pl.Categorical).to_physical().alias("_g"))
+        .sort("_g", "arrival")
+        .with_columns(_group_start("_g").alias("_start"))
     )
     prev_seq = pl.when(pl.col("_start")).then(pl.col("_s_prev")).otherwise(pl.col("sequence").shift(1))
     prev_ts = pl.when(pl.col("_start")).then(pl.col("_s_prev_ts")).otherwise(pl.col("exchange_ts").shift(1))
@@ -140,12 +142,12 @@ def track_sequences(
         ).alias("_reset")
     )
     rows = rows.with_columns(
-        (pl.col("_s_epoch").fill_null(0) + pl.col("_reset").cast(pl.Int64).cum_sum().over(GROUP)).alias("epoch")
+        (pl.col("_s_epoch").fill_null(0) + pl.col("_reset").cast(pl.Int64).cum_sum().over("_g")).alias("epoch")
     ).with_columns(pl.when(pl.col("epoch") == pl.col("_s_epoch")).then(pl.col("_s_max")).otherwise(None).alias("_base"))
     # The highest sequence of the epoch a reset leaves (within the batch, or from the state if it started before).
     rows = rows.with_columns(
         pl.max_horizontal(
-            pl.col("sequence").cum_max().over(*GROUP, "epoch").shift(1).over(GROUP),
+            pl.col("sequence").cum_max().over("_g", "epoch").shift(1).over("_g"),
             pl.when(pl.col("epoch") - 1 == pl.col("_s_epoch")).then(pl.col("_s_max")),
         ).alias("_left_max")
     )
@@ -168,14 +170,14 @@ def track_sequences(
         pl.lit(None, pl.Int64).alias("filled_at"),
     )
 
-    distinct = rows.unique(["exchange", "symbol", "epoch", "sequence"], keep="first").select(
-        *GROUP, "epoch", "sequence", "trading_date", "_base"
+    distinct = rows.unique(["_g", "epoch", "sequence"], keep="first", maintain_order=True).select(
+        "_g", *GROUP, "epoch", "sequence", "trading_date", "_base"
     )
     above = distinct.filter(pl.col("_base").is_null() | (pl.col("sequence") > pl.col("_base"))).sort(
-        *GROUP, "epoch", "sequence"
+        "_g", "epoch", "sequence"
     )
     above = above.with_columns(
-        pl.when(_group_start(*GROUP, "epoch"))
+        pl.when(_group_start("_g", "epoch"))
         .then(pl.col("_base"))
         .otherwise(pl.col("sequence").shift(1))
         .alias("_prev_seq")
@@ -247,7 +249,9 @@ def _fills(candidates: pl.DataFrame, open_gaps: pl.DataFrame, now_us: int) -> tu
 
 def _next_state(rows: pl.DataFrame, state: pl.DataFrame, now_us: int, batch_id: str) -> pl.DataFrame:
     last_epoch = pl.col("epoch").last()
-    per_symbol = rows.group_by(GROUP, maintain_order=True).agg(
+    per_symbol = rows.group_by("_g", maintain_order=True).agg(
+        pl.col("exchange").first(),
+        pl.col("symbol").first(),
         last_epoch.alias("epoch"),
         pl.col("trading_date").last(),
         pl.col("sequence").filter(pl.col("epoch") == last_epoch).max().alias("_batch_max"),

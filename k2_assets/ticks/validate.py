@@ -87,6 +87,17 @@ def _decimal(millionths: pl.Expr) -> pl.Expr:
     return (millionths / 1_000_000).round(6).cast(pl.String)
 
 
+def _first_of_key(frame: pl.DataFrame) -> pl.Series:
+    """True for the first row (lowest arrival) of each DEDUP_KEY. Duplicates are rare: a 64-bit hash finds the few
+    candidate rows cheaply, and only those are compared by their actual key."""
+    hashed = frame.select(pl.struct(DEDUP_KEY).hash().is_duplicated()).to_series()
+    if not hashed.any():
+        return pl.Series([True] * frame.height, dtype=pl.Boolean)
+    candidates = frame.select(*DEDUP_KEY, "arrival").filter(hashed)
+    repeats = candidates.filter(~pl.struct(DEDUP_KEY).is_first_distinct())["arrival"]
+    return ~frame["arrival"].is_in(repeats.implode())
+
+
 def empty_keys() -> pl.DataFrame:
     return pl.DataFrame(
         schema={"exchange": pl.String, "symbol": pl.String, "trading_date": pl.Date, "sequence": pl.Int64}
@@ -115,21 +126,28 @@ def validate(
     ordered = ordered.with_columns(trading_dates(ordered))
     missing = pl.any_horizontal([pl.col(c).is_null() for c in REQUIRED])
     decoded = pl.col("decode_error").is_null()
-    checks = [
-        _reason(~decoded, UNDECODABLE),
-        _reason(decoded & missing, MISSING_FIELD),
-        _reason(decoded & (pl.col("price") <= 0) & ~pl.col("symbol").is_in(derivatives), NON_POSITIVE_PRICE),
-        _reason(decoded & (pl.col("volume") < 0), NEGATIVE_VOLUME),
+    rules_by_reason = [
+        (UNDECODABLE, ~decoded),
+        (MISSING_FIELD, decoded & missing),
+        (NON_POSITIVE_PRICE, decoded & (pl.col("price") <= 0) & ~pl.col("symbol").is_in(derivatives)),
+        (NEGATIVE_VOLUME, decoded & (pl.col("volume") < 0)),
     ]
     if now_us is not None:
-        checks.append(_reason(decoded & (pl.col("exchange_ts") > now_us + rules.future_tolerance_us), FUTURE_TIMESTAMP))
+        rules_by_reason.append(
+            (FUTURE_TIMESTAMP, decoded & (pl.col("exchange_ts") > now_us + rules.future_tolerance_us))
+        )
     if now_us is not None and rules.check_session:
-        checks.append(_reason(decoded & ~missing & pl.lit(outside_session(ordered)), OUTSIDE_SESSION))
-    checked = ordered.with_columns(pl.concat_list(checks).list.drop_nulls().alias("reasons"))
-    failed = checked.filter(pl.col("reasons").list.len() > 0)
-    passed = checked.filter(pl.col("reasons").list.len() == 0)
+        rules_by_reason.append((OUTSIDE_SESSION, decoded & ~missing & pl.lit(outside_session(ordered))))
+    # One boolean column per rule; the list of reason codes is built for the (few) failing rows only.
+    verdicts = ordered.select([cond.fill_null(False).alias(code) for code, cond in rules_by_reason])
+    failing = verdicts.select(pl.any_horizontal(pl.all())).to_series()
+    reasons = verdicts.filter(failing).select(
+        pl.concat_list([_reason(pl.col(code), code) for code, _ in rules_by_reason]).list.drop_nulls().alias("reasons")
+    )
+    failed = ordered.filter(failing).with_columns(reasons["reasons"])
+    passed = ordered.filter(~failing)
 
-    first_of_key = passed.select(pl.struct(DEDUP_KEY).is_first_distinct()).to_series()
+    first_of_key = _first_of_key(passed)
     in_batch_dups = passed.filter(~first_of_key).with_columns(pl.lit("batch").alias("duplicate_of"))
     unique = passed.filter(first_of_key)
     if seen_keys is not None and not seen_keys.is_empty():
@@ -143,7 +161,11 @@ def validate(
     duplicates = pl.concat([in_batch_dups, table_dups]).select([*SOURCE_COLUMNS, "duplicate_of"])
 
     flags = flag_anomalies(unique, last_prices, rules.anomaly_bps)
-    unique = unique.with_columns(flags["anomaly"].alias("_anomaly"), flags["reference"].alias("_reference"))
+    # Derivatives are exempt: their prices may sit at or cross zero, where a relative jump means nothing.
+    unique = unique.with_columns(
+        (flags["anomaly"] & ~unique["symbol"].is_in(derivatives)).alias("_anomaly"),
+        flags["reference"].alias("_reference"),
+    )
     ticks = unique.filter(~pl.col("_anomaly")).select(TICK_COLUMNS + SOURCE_COLUMNS)
     anomalies = unique.filter(pl.col("_anomaly")).with_columns(
         pl.lit([ANOMALY]).alias("reasons"),
