@@ -221,11 +221,7 @@ def _live_1m(tables: BarTables, result: BarsRunResult, run_id: str, now: int) ->
     else:
         full = all_trading_days(ticks)
         new = appended_ticks(ticks, Delta())
-    marks_before = state.watermark
-    full_ticks = {day: ticks_of_day(ticks, day) for day in sorted(full)}
-    marks_after = _max_marks(marks_before, new)
-    for frame in full_ticks.values():
-        marks_after = _max_marks(marks_after, frame)
+    marks_after = _max_marks(state.watermark, new)
     new_days = {(x, d) for x, d in new.select("exchange", "trading_date").unique().iter_rows()}
     days = sorted(set(full) | new_days)
     old_all = read_days(b1, days)
@@ -233,9 +229,11 @@ def _live_1m(tables: BarTables, result: BarsRunResult, run_id: str, now: int) ->
     for day in days:
         code, date = day
         old = old_all.filter((pl.col("exchange") == code) & (pl.col("trading_date") == date))
-        if day in full_ticks:
-            fresh = bars_1m(full_ticks[day], tz_of(code)).filter(pl.col("trading_date") == date)
-            read = full_ticks[day].height
+        if day in full:  # one day of ticks in memory at a time
+            day_ticks = ticks_of_day(ticks, day)
+            fresh = bars_1m(day_ticks, tz_of(code)).filter(pl.col("trading_date") == date)
+            read = day_ticks.height
+            marks_after = _max_marks(marks_after, day_ticks)
             day_causes = None
         else:
             day_ticks = new.filter((pl.col("exchange") == code) & (pl.col("trading_date") == date))
