@@ -39,7 +39,7 @@ from k2_resources.iceberg import IcebergResource
 from k2_resources.s3 import warehouse_filesystem
 
 BACKUP_FORMAT = "k2-catalog-backup/1"
-_METADATA_FILE = re.compile(r"^(?:v)?(\d+)(?:-[0-9a-fA-F-]+)?(?:\.gz)?\.metadata\.json$")
+_METADATA_FILE = re.compile(r"^v?(\d+)(?:-[^.]+)?(?:\.gz)?\.metadata\.json$")
 
 
 def _redact(uri: str) -> str:
