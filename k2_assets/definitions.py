@@ -6,6 +6,7 @@ import dagster as dg
 
 from k2_assets.bars.assets import BAR_ASSETS, bars_daily_job, bars_live, bars_settle_schedule
 from k2_assets.maintenance.assets import MAINTENANCE_ASSETS, MAINTENANCE_JOBS, maintenance_schedules
+from k2_assets.serving.dq_checks import bars_quality_gate
 from k2_assets.serving.hooks import METRIC_HOOKS
 from k2_assets.serving.resources import MetricsResource
 from k2_assets.ticks.assets import raw_ticks, validated_ticks
@@ -45,7 +46,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or load_settings()
     return dg.Definitions(
         assets=[raw_ticks, validated_ticks, *BAR_ASSETS, *MAINTENANCE_ASSETS],
-        asset_checks=[raw_ticks_offsets_exactly_once],
+        asset_checks=[raw_ticks_offsets_exactly_once, bars_quality_gate],
         jobs=[ingest_job, bars_daily_job, *MAINTENANCE_JOBS],
         sensors=[kafka_ticks_sensor],
         # Maintenance runs at night in the exchange's own time zone (Australia/Sydney for ASX).

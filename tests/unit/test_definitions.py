@@ -9,7 +9,11 @@ from k2_resources.env import load_settings
 
 EXPECTED_ASSETS = {"raw_ticks", "validated_ticks", "bars_1m", "compaction", "expire_snapshots", "remove_orphan_files"}
 EXPECTED_ASSETS |= {"bars_live", "bars_5m", "bars_1h", "bars_1d"}
-EXPECTED_CHECKS = {("raw_ticks", "raw_ticks_offsets_exactly_once"), ("validated_ticks", "ticks_quality_gate")}
+EXPECTED_CHECKS = {
+    ("raw_ticks", "raw_ticks_offsets_exactly_once"),
+    ("validated_ticks", "ticks_quality_gate"),
+    ("bars_live", "bars_quality_gate"),
+}
 EXPECTED_JOBS = {"ingest_job", "compaction_job", "expire_snapshots_job", "remove_orphan_files_job"}
 EXPECTED_JOBS |= {"bars_daily_job"}
 EXPECTED_SENSORS = {"kafka_ticks_sensor"}
