@@ -43,6 +43,7 @@ from k2.query.engine import QueryLimits
 from k2_resources.arrow_util import conform
 from k2_resources.broker import LocalKafkaBroker, free_port
 from k2_resources.env import Settings, load_settings
+from k2_resources.errors import K2Error
 from k2_resources.iceberg import WATERMARK_PROPERTY, IcebergResource, encode_watermarks
 from k2_resources.kafka import KafkaResource
 from k2_resources.metrics import QueryMetrics
@@ -117,6 +118,7 @@ def concurrency(settings: Settings, clients: int, per_client: int, symbols: list
     engine = QueryEngine(IcebergResource.from_settings(settings), limits, metrics)
     latencies: list[float] = []
     queued: list[float] = []
+    failures: list[str] = []
     lock = threading.Lock()
     original = engine.execute
 
@@ -133,12 +135,17 @@ def concurrency(settings: Settings, clients: int, per_client: int, symbols: list
         rng = random.Random(i)
         for j in range(per_client):
             started = time.perf_counter()
-            if j % 4 == 3:
-                c.bars("1m", rng.sample(symbols, 5), t0, t0 + dt.timedelta(hours=6))
-                c.engine.result_cache.clear()
-            else:
-                start = t0 + dt.timedelta(minutes=rng.randrange(0, 350))
-                c.ticks([rng.choice(symbols)], start, start + dt.timedelta(minutes=1), route="iceberg")
+            try:
+                if j % 4 == 3:
+                    c.bars("1m", rng.sample(symbols, 5), t0, t0 + dt.timedelta(hours=6))
+                    c.engine.result_cache.clear()
+                else:
+                    start = t0 + dt.timedelta(minutes=rng.randrange(0, 350))
+                    c.ticks([rng.choice(symbols)], start, start + dt.timedelta(minutes=1), route="iceberg")
+            except K2Error as exc:
+                with lock:
+                    failures.append(type(exc).__name__)
+                continue
             with lock:
                 latencies.append(time.perf_counter() - started)
 
@@ -157,7 +164,8 @@ def concurrency(settings: Settings, clients: int, per_client: int, symbols: list
             f"{pct(latencies, 50):.1f}",
             f"{pct(latencies, 99):.1f}",
             f"{len(latencies) / wall:.1f} q/s; limit {limits.max_concurrent}, peak running {metrics.peak}; "
-            f"{len(waited)} queued, wait p50 {pct(waited, 50):.0f} / p99 {pct(waited, 99):.0f} ms",
+            f"{len(waited)} queued, wait p50 {pct(waited, 50):.0f} / p99 {pct(waited, 99):.0f} ms; "
+            f"{len(failures)} failed {sorted(set(failures))}",
         )
     )
 

@@ -91,7 +91,10 @@ def resource_for_table(namespace: str, table: str) -> str:
 
 @cache
 def _engine(uri: str) -> sa.Engine:
-    return sa.create_engine(uri, pool_pre_ping=True)
+    # SQLite serialises writers: under load (many readers spooling audit events while the catalog commits) wait up
+    # to 60 s for the lock instead of the driver's 5 s.
+    connect_args = {"timeout": 60} if uri.startswith("sqlite") else {}
+    return sa.create_engine(uri, pool_pre_ping=True, connect_args=connect_args)
 
 
 class AuthStore:

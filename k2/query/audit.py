@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -41,6 +42,7 @@ from k2_resources.tables import AUDIT_LOG
 FLUSH_PROPERTY = "k2.audit.flush-id"
 CLAIM_STALE_S = 600.0
 MAX_ATTEMPTS = 8
+SPOOL_ATTEMPTS = 3
 log = logging.getLogger(__name__)
 
 _metadata = sa.MetaData()
@@ -131,12 +133,22 @@ class AuditLog:
 
     def append(self, event: AuditEvent) -> None:
         """Make `event` durable (raises AuditWriteError if it could not be: the caller must not serve the read)."""
-        try:
-            self._ensure()
-            with self.engine.begin() as con:
-                con.execute(SPOOL.insert().values(event=event.to_json()))
-        except sa.exc.SQLAlchemyError as exc:
-            raise AuditWriteError(f"the audit event could not be written, so the read was not served: {exc}") from exc
+        for attempt in range(1, SPOOL_ATTEMPTS + 1):
+            try:
+                self._ensure()
+                with self.engine.begin() as con:
+                    con.execute(SPOOL.insert().values(event=event.to_json()))
+                break
+            except sa.exc.OperationalError as exc:  # e.g. SQLite busy past its timeout: try again, then refuse
+                if attempt == SPOOL_ATTEMPTS:
+                    raise AuditWriteError(
+                        f"the audit event could not be written, so the read was not served: {exc}"
+                    ) from exc
+                time.sleep(0.1 * attempt)
+            except sa.exc.SQLAlchemyError as exc:
+                raise AuditWriteError(
+                    f"the audit event could not be written, so the read was not served: {exc}"
+                ) from exc
         self._start_flusher()
 
     def _start_flusher(self) -> None:
@@ -145,16 +157,22 @@ class AuditLog:
             self._thread.start()
 
     def _loop(self) -> None:
-        while True:
+        while not sys.is_finalizing():
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
-            self.flush_quietly()
+            if not self.flush_quietly():
+                return
 
-    def flush_quietly(self) -> None:
+    def flush_quietly(self) -> bool:
+        """Flush, logging instead of raising; False once the interpreter is shutting down (stop trying)."""
         try:
             self.flush()
         except (AuditWriteError, CommitFailedException, sa.exc.SQLAlchemyError, OSError) as exc:
             log.warning("audit flush failed; events stay in the spool and move with the next flush: %s", exc)
+        except RuntimeError as exc:  # pyiceberg's thread pool is gone: the process is exiting, the spool keeps them
+            log.debug("audit flush skipped at shutdown: %s", exc)
+            return False
+        return True
 
     def pending(self) -> int:
         self._ensure()
