@@ -24,27 +24,32 @@ _NO_REF = -(2**63)  # marks "no reference price yet" through a forward fill; no 
 def flag_anomalies(
     ticks: pl.DataFrame, last_prices: pl.DataFrame | None, threshold_bps: int, max_passes: int = 12
 ) -> pl.DataFrame:
-    """(anomaly, reference) for every row of `ticks` (exchange, symbol, price; rows in arrival order).
+    """(anomaly, reference) for every row of `ticks` (exchange, symbol, price, or _g, price where _g is a group code
+    per (exchange, symbol); rows in arrival order). `last_prices` has the same key columns and last_price.
 
     `last_prices` (exchange, symbol, last_price) seeds the reference of each symbol's first tick; without one the
     median of the symbol's first prices in the batch does. A reference at or below zero (derivatives) disables the check for that tick.
     """
     if ticks.is_empty():
         return pl.DataFrame(schema={"anomaly": pl.Boolean, "reference": pl.Int64})
-    # An integer code per (exchange, symbol): grouping and sorting on it is much cheaper than on the strings.
-    key = pl.concat_str(["exchange", "symbol"], separator="\x1f", ignore_nulls=True)
-    frame = ticks.select("exchange", "symbol", "price").with_row_index("_pos")
-    frame = frame.with_columns(key.cast(pl.Categorical).to_physical().alias("_g"))
+    # One integer code per (exchange, symbol) (`_g`, if the caller has one): grouping and sorting on it is much
+    # cheaper than on the strings.
+    if "_g" in ticks.columns:
+        frame = ticks.select("_g", "price").with_row_index("_pos")
+    else:
+        key = pl.concat_str(["exchange", "symbol"], separator="\x1f", ignore_nulls=True)
+        frame = ticks.select(key.cast(pl.Categorical).to_physical().alias("_g"), "price", "exchange", "symbol")
+        frame = frame.with_row_index("_pos")
     groups = frame.group_by("_g").agg(
-        pl.col("exchange").first(),
-        pl.col("symbol").first(),
+        *([pl.col("exchange").first(), pl.col("symbol").first()] if "symbol" in frame.columns else []),
         # A symbol seen for the first time has no reference: the median of its first few prices is one, robust to
         # a spike in its very first tick (which would otherwise become the reference and flag every tick after).
         pl.col("price").head(_FIRST_SEEN).quantile(0.5, interpolation="nearest").cast(pl.Int64).alias("_median"),
     )
     if last_prices is not None and not last_prices.is_empty():
-        seeds = last_prices.select("exchange", "symbol", pl.col("last_price").cast(pl.Int64).alias("_carried"))
-        groups = groups.join(seeds.unique(["exchange", "symbol"]), on=["exchange", "symbol"], how="left")
+        on = ["_g"] if "_g" in last_prices.columns else ["exchange", "symbol"]
+        seeds = last_prices.select(*on, pl.col("last_price").cast(pl.Int64).alias("_carried")).unique(on)
+        groups = groups.join(seeds, on=on, how="left")
     else:
         groups = groups.with_columns(pl.lit(None, pl.Int64).alias("_carried"))
     groups = groups.select("_g", pl.coalesce("_carried", "_median").alias("_seed"))

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from k2_assets.bars.session import OUTSIDE_SESSION, outside_session
+from k2_assets.bars.session import OUTSIDE_SESSION
 from k2_assets.ticks.anomaly import flag_anomalies
-from k2_assets.ticks.sessions import trading_dates
+from k2_assets.ticks.sessions import outside_session_mask, trading_dates
 
 # Reason codes written to quarantine.reasons. Stable strings: compliance reports group by them.
 UNDECODABLE = "undecodable"
@@ -87,14 +87,18 @@ def _decimal(millionths: pl.Expr) -> pl.Expr:
     return (millionths / 1_000_000).round(6).cast(pl.String)
 
 
-def _first_of_key(frame: pl.DataFrame) -> pl.Series:
-    """True for the first row (lowest arrival) of each DEDUP_KEY. Duplicates are rare: a 64-bit hash finds the few
+_GROUP_KEY = ["_g", "trading_date", "sequence"]  # DEDUP_KEY with (exchange, symbol) as one integer code
+_SEP = "\x1f"
+
+
+def _first_of_key(frame: pl.DataFrame, key: list[str]) -> pl.Series:
+    """True for the first row (lowest arrival) of each key. Duplicates are rare: a 64-bit hash finds the few
     candidate rows cheaply, and only those are compared by their actual key."""
-    hashed = frame.select(pl.struct(DEDUP_KEY).hash().is_duplicated()).to_series()
+    hashed = frame.select(pl.struct(key).hash().is_duplicated()).to_series()
     if not hashed.any():
         return pl.Series([True] * frame.height, dtype=pl.Boolean)
-    candidates = frame.select(*DEDUP_KEY, "arrival").filter(hashed)
-    repeats = candidates.filter(~pl.struct(DEDUP_KEY).is_first_distinct())["arrival"]
+    candidates = frame.select(*key, "arrival").filter(hashed)
+    repeats = candidates.filter(~pl.struct(key).is_first_distinct())["arrival"]
     return ~frame["arrival"].is_in(repeats.implode())
 
 
@@ -102,6 +106,34 @@ def empty_keys() -> pl.DataFrame:
     return pl.DataFrame(
         schema={"exchange": pl.String, "symbol": pl.String, "trading_date": pl.Date, "sequence": pl.Int64}
     )
+
+
+def _narrow(raw: pl.DataFrame, derivatives: list[str]) -> pl.DataFrame:
+    """The columns the rules need, in arrival order (topic, partition, offset), with `_row` pointing back into `raw`
+    and `_g` an integer code of (exchange, symbol). All the logic runs on this; wide columns (strings, lists,
+    bytes) are gathered once per output at the end."""
+    order = raw.select(pl.arg_sort_by(SOURCE_COLUMNS)).to_series()
+    narrow = raw.select(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"),
+        pl.col("exchange").cast(pl.Categorical),
+        pl.concat_str(["exchange", "symbol"], separator=_SEP).cast(pl.Categorical).to_physical().alias("_g"),
+        "sequence",
+        "exchange_ts",
+        "price",
+        "volume",
+        pl.col("decode_error").is_null().alias("_decoded"),
+        pl.any_horizontal([pl.col(c).is_null() for c in REQUIRED]).alias("_missing"),
+        pl.col("symbol").is_in(derivatives).fill_null(False).alias("_derivative"),
+    )
+    narrow = narrow.select(pl.all().gather(order)).with_row_index("arrival")
+    return narrow.with_columns(trading_dates(narrow))
+
+
+def _groups(raw: pl.DataFrame, narrow: pl.DataFrame) -> pl.DataFrame:
+    """(_g, exchange, symbol) of every group code in the batch (strings gathered for one row per group)."""
+    firsts = narrow.filter(pl.col("_g").is_not_null()).group_by("_g").agg(pl.col("_row").first())
+    names = raw.select("exchange", "symbol")[firsts["_row"]]
+    return pl.concat([firsts.select("_g"), names], how="horizontal")
 
 
 def validate(
@@ -122,14 +154,14 @@ def validate(
     """
     rules = rules or Rules(derivative_symbols=derivative_symbols)
     derivatives = list(rules.derivative_symbols | derivative_symbols)
-    ordered = raw.sort(SOURCE_COLUMNS).with_row_index("arrival")
-    ordered = ordered.with_columns(trading_dates(ordered))
-    missing = pl.any_horizontal([pl.col(c).is_null() for c in REQUIRED])
-    decoded = pl.col("decode_error").is_null()
+    narrow = _narrow(raw, derivatives)
+    groups = _groups(raw, narrow)
+
+    decoded, missing = pl.col("_decoded"), pl.col("_missing")
     rules_by_reason = [
         (UNDECODABLE, ~decoded),
         (MISSING_FIELD, decoded & missing),
-        (NON_POSITIVE_PRICE, decoded & (pl.col("price") <= 0) & ~pl.col("symbol").is_in(derivatives)),
+        (NON_POSITIVE_PRICE, decoded & (pl.col("price") <= 0) & ~pl.col("_derivative")),
         (NEGATIVE_VOLUME, decoded & (pl.col("volume") < 0)),
     ]
     if now_us is not None:
@@ -137,36 +169,36 @@ def validate(
             (FUTURE_TIMESTAMP, decoded & (pl.col("exchange_ts") > now_us + rules.future_tolerance_us))
         )
     if now_us is not None and rules.check_session:
-        rules_by_reason.append((OUTSIDE_SESSION, decoded & ~missing & pl.lit(outside_session(ordered))))
+        rules_by_reason.append((OUTSIDE_SESSION, decoded & ~missing & pl.lit(outside_session_mask(narrow))))
     # One boolean column per rule; the list of reason codes is built for the (few) failing rows only.
-    verdicts = ordered.select([cond.fill_null(False).alias(code) for code, cond in rules_by_reason])
+    verdicts = narrow.select([cond.fill_null(False).alias(code) for code, cond in rules_by_reason])
     failing = verdicts.select(pl.any_horizontal(pl.all())).to_series()
     reasons = verdicts.filter(failing).select(
         pl.concat_list([_reason(pl.col(code), code) for code, _ in rules_by_reason]).list.drop_nulls().alias("reasons")
     )
-    failed = ordered.filter(failing).with_columns(reasons["reasons"])
-    passed = ordered.filter(~failing)
+    failed = narrow.filter(failing).with_columns(reasons["reasons"], pl.lit(None, pl.String).alias("_detail"))
+    passed = narrow.filter(~failing)
 
-    first_of_key = _first_of_key(passed)
+    first_of_key = _first_of_key(passed, _GROUP_KEY)
     in_batch_dups = passed.filter(~first_of_key).with_columns(pl.lit("batch").alias("duplicate_of"))
     unique = passed.filter(first_of_key)
+    table_dups = in_batch_dups.clear()
     if seen_keys is not None and not seen_keys.is_empty():
-        seen = seen_keys.select(DEDUP_KEY).unique().with_columns(pl.lit(True).alias("_seen"))
-        unique = unique.join(seen, on=DEDUP_KEY, how="left", maintain_order="left")
-        table_dups = unique.filter(pl.col("_seen").is_not_null()).with_columns(pl.lit("ticks").alias("duplicate_of"))
-        unique = unique.filter(pl.col("_seen").is_null()).drop("_seen")
-        table_dups = table_dups.drop("_seen")
-    else:
-        table_dups = in_batch_dups.clear()
-    duplicates = pl.concat([in_batch_dups, table_dups]).select([*SOURCE_COLUMNS, "duplicate_of"])
+        seen = seen_keys.join(groups, on=["exchange", "symbol"], how="inner").select(_GROUP_KEY).unique()
+        is_seen = unique.join(seen, on=_GROUP_KEY, how="semi", maintain_order="left")["arrival"]
+        mask = unique["arrival"].is_in(is_seen.implode())
+        table_dups = unique.filter(mask).with_columns(pl.lit("ticks").alias("duplicate_of"))
+        unique = unique.filter(~mask)
+    duplicate_rows = pl.concat([in_batch_dups, table_dups]).select("_row", "duplicate_of")
 
-    flags = flag_anomalies(unique, last_prices, rules.anomaly_bps)
+    carried = None
+    if last_prices is not None and not last_prices.is_empty():
+        carried = last_prices.join(groups, on=["exchange", "symbol"], how="inner").select("_g", "last_price")
+    flags = flag_anomalies(unique.select("_g", "price"), carried, rules.anomaly_bps)
     # Derivatives are exempt: their prices may sit at or cross zero, where a relative jump means nothing.
     unique = unique.with_columns(
-        (flags["anomaly"] & ~unique["symbol"].is_in(derivatives)).alias("_anomaly"),
-        flags["reference"].alias("_reference"),
+        (flags["anomaly"] & ~unique["_derivative"]).alias("_anomaly"), flags["reference"].alias("_reference")
     )
-    ticks = unique.filter(~pl.col("_anomaly")).select(TICK_COLUMNS + SOURCE_COLUMNS)
     anomalies = unique.filter(pl.col("_anomaly")).with_columns(
         pl.lit([ANOMALY]).alias("reasons"),
         pl.format(
@@ -174,27 +206,49 @@ def validate(
             _decimal(pl.col("price")),
             _decimal(pl.col("_reference")),
             ((pl.col("price") - pl.col("_reference")) * 1000 // pl.col("_reference") / 10).round(1),
-        ).alias("decode_error"),
+        ).alias("_detail"),
     )
+    published = unique.filter(~pl.col("_anomaly"))
 
-    quarantine_cols = [
+    ticks = raw.select(TICK_COLUMNS + SOURCE_COLUMNS)[published["_row"]]
+    flagged = pl.concat(
+        [
+            failed.select("_row", "arrival", "reasons", "_detail"),
+            anomalies.select("_row", "arrival", "reasons", "_detail"),
+        ]
+    ).sort("arrival")
+    wide = [
+        *SOURCE_COLUMNS,
+        *TICK_COLUMNS,
+        "decode_error",
+        "raw_value",
+        *(["kafka_key"] if "kafka_key" in raw.columns else []),
+    ]
+    quarantine = pl.concat([raw.select(wide)[flagged["_row"]], flagged.select("reasons", "_detail")], how="horizontal")
+    quarantine = quarantine.with_columns(pl.coalesce("_detail", "decode_error").alias("detail")).select(
         *SOURCE_COLUMNS,
         *TICK_COLUMNS,
         "reasons",
-        pl.col("decode_error").alias("detail"),
+        "detail",
         "raw_value",
-        *(["kafka_key"] if "kafka_key" in raw.columns else []),
-        "arrival",
-    ]
-    quarantine = pl.concat([failed.select(quarantine_cols), anomalies.select(quarantine_cols)]).sort("arrival")
-    received = pl.concat(
+        *wide[len(SOURCE_COLUMNS) + len(TICK_COLUMNS) + 2 :],
+    )
+    duplicates = pl.concat(
+        [raw.select(SOURCE_COLUMNS)[duplicate_rows["_row"]], duplicate_rows.select("duplicate_of")], how="horizontal"
+    )
+    sequenced = pl.concat(
         [
-            unique.select([*RECEIVED_COLUMNS[:-2], (~pl.col("_anomaly")).alias("valid"), "arrival"]),
-            failed.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in DEDUP_KEY])).select(
-                [*RECEIVED_COLUMNS[:-2], pl.lit(False).alias("valid"), "arrival"]
-            ),
+            unique.select("_row", "arrival", "trading_date", (~pl.col("_anomaly")).alias("valid")),
+            failed.filter(
+                pl.col("_g").is_not_null() & pl.col("trading_date").is_not_null() & pl.col("sequence").is_not_null()
+            ).select("_row", "arrival", "trading_date", pl.lit(False).alias("valid")),
         ]
     ).sort("arrival")
-    return ValidationResult(
-        ticks=ticks, quarantine=quarantine.drop("arrival"), duplicates=duplicates, received=received
-    )
+    received = pl.concat(
+        [
+            raw.select("exchange", "symbol", "sequence", "exchange_ts", "price")[sequenced["_row"]],
+            sequenced.drop("_row"),
+        ],
+        how="horizontal",
+    ).select(RECEIVED_COLUMNS)
+    return ValidationResult(ticks=ticks, quarantine=quarantine, duplicates=duplicates, received=received)
