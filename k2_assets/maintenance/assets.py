@@ -96,6 +96,8 @@ def compaction(
                 "MB rewritten": round(result.bytes_rewritten / MB, 1),
                 "rows/s": round(result.rows_per_second),
                 "attempts": result.commit_attempts,
+                "waits for audit": result.waits,
+                "given up": len(result.given_up),
             }
         )
     seconds = time.perf_counter() - started

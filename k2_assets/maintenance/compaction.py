@@ -11,6 +11,9 @@ Safety (ARCHITECTURE.md decision 2):
   compaction reloads the table, keeps each partition whose input files are all still live (giving up the
   others), copies the new parent's properties and commits again, reusing the files it already wrote. Ingest's own
   retry (commit_offset_ranges) absorbs the conflicts compaction causes it.
+- A write-audit-publish batch staged on a branch (validated ticks) publishes only if main has not moved, so
+  compaction does not commit while one is staged: it waits (up to `max_wait_s`) for the publish, then commits on
+  top of it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
+from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRefType
 
 from k2_assets.maintenance.files import LiveFiles, PartitionKey, delete_files, live_files, partition_label
 from k2_assets.maintenance.rewrite import dictionary_columns, read_files, sort_rows, sort_spec, write_sorted
@@ -49,6 +53,9 @@ class CompactionPolicy:
     row_group_rows: int = 131_072
     max_commit_attempts: int = 6
     threads: int = 2
+    max_wait_s: float = 120.0  # how long the commit waits for a staged write-audit-publish batch to publish
+    poll_s: float = 0.5
+    stale_branch_s: float = 600.0  # a branch staged longer ago than this is abandoned, not in flight
 
     def __post_init__(self) -> None:
         for name in ("max_files_per_partition", "target_file_bytes", "row_group_rows", "max_commit_attempts"):
@@ -85,6 +92,7 @@ class CompactionResult:
     bytes_written: int = 0
     rows_rewritten: int = 0
     commit_attempts: int = 0
+    waits: int = 0  # polls spent waiting for a staged write-audit-publish batch
     snapshot_id: int | None = None
     seconds: float = 0.0
     rewrite_seconds: float = 0.0  # reading, sorting and writing
@@ -185,8 +193,16 @@ def _commit(
 ) -> list[_Rewritten]:
     """Swap inputs for outputs in one snapshot; returns the partitions committed (others are given up)."""
     pending = list(rewritten)
-    for attempt in range(1, policy.max_commit_attempts + 1):
-        result.commit_attempts = attempt
+    deadline = time.monotonic() + policy.max_wait_s
+    failures = 0
+
+    def give_up(why: str) -> list[_Rewritten]:
+        for r in pending:
+            result.given_up[r.plan.label] = why
+            delete_files(table.io, [f.file_path for f in r.outputs])
+        return []
+
+    while True:
         table.refresh()
         live = live_files(table).paths()
         still: list[_Rewritten] = []
@@ -199,7 +215,17 @@ def _commit(
         pending = still
         if not pending:
             return []
+        staged = staged_branches(table, policy.stale_branch_s)
+        if staged:
+            # A write-audit-publish batch waits on a branch cut from main; moving main now would send it back to
+            # the start. Ingest goes first.
+            if time.monotonic() >= deadline:
+                return give_up(f"a write-audit-publish batch stayed staged on {staged} for {policy.max_wait_s:.0f} s")
+            result.waits += 1
+            time.sleep(policy.poll_s)
+            continue
         properties = {**carried_properties(table), MAINTENANCE_PROPERTY: "compaction"}
+        result.commit_attempts += 1
         try:
             if before_commit is not None:
                 before_commit()
@@ -216,15 +242,35 @@ def _commit(
                 # night, so drop it now: an empty append in the same catalog commit, carrying the same properties.
                 tx.update_snapshot(snapshot_properties=properties).fast_append().commit()
         except (CommitFailedException, ValidationException):
-            time.sleep(min(0.05 * 2**attempt, 2.0))
+            failures += 1
+            if failures >= policy.max_commit_attempts:
+                return give_up(f"lost the commit race {failures} times")
+            time.sleep(min(0.05 * 2**failures, 2.0))
             continue
         snapshot = table.current_snapshot()
         result.snapshot_id = snapshot.parent_snapshot_id if snapshot else None  # the overwrite
         return pending
-    for r in pending:
-        result.given_up[r.plan.label] = f"lost the commit race {policy.max_commit_attempts} times"
-        delete_files(table.io, [f.file_path for f in r.outputs])
-    return []
+
+
+def staged_branches(table: Table, stale_after_s: float) -> list[str]:
+    """Branches whose head is a child of main's head, committed less than `stale_after_s` ago: a
+    write-audit-publish batch staged and not yet published (an older one is an abandoned audit)."""
+    main = table.current_snapshot()
+    if main is None:
+        return []
+    now_ms = time.time() * 1000
+    out = []
+    for name, ref in table.refs().items():
+        if name == MAIN_BRANCH or ref.snapshot_ref_type != SnapshotRefType.BRANCH:
+            continue
+        head = table.snapshot_by_id(ref.snapshot_id)
+        if (
+            head is not None
+            and head.parent_snapshot_id == main.snapshot_id
+            and now_ms - head.timestamp_ms < stale_after_s * 1000
+        ):
+            out.append(name)
+    return sorted(out)
 
 
 def compact_table(

@@ -3,6 +3,9 @@ forward, and safe against writers that commit while it runs."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
 from pathlib import Path
 
 import polars as pl
@@ -11,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from pyiceberg.expressions import EqualTo
+from pyiceberg.table import Table
 from pyiceberg.types import StringType
 
 from k2.feed.simulator import generate
@@ -19,10 +23,11 @@ from k2_assets.maintenance.files import live_files
 from k2_assets.maintenance.rewrite import read_files, sort_rows, sort_spec, write_sorted
 from k2_resources.arrow_util import conform
 from k2_resources.errors import ConfigurationError
-from k2_resources.iceberg import WATERMARK_PROPERTY, read_watermarks
+from k2_resources.iceberg import WATERMARK_PROPERTY, encode_watermarks, read_watermarks
 from k2_resources.tables import TICKS, TableDef
 from tests.unit.test_maintenance_support import (
     SESSION,
+    TOPIC,
     append_batches,
     canonical,
     catalog_in,
@@ -141,7 +146,7 @@ def test_an_ingest_commit_during_compaction_is_kept_and_its_watermark_carried(tm
     assert result.commit_attempts == 2 and result.partitions_compacted > 0 and not result.given_up
     rewrite = table.snapshot_by_id(table.current_snapshot().parent_snapshot_id)
     assert rewrite.parent_snapshot_id == landed[0]
-    assert read_watermarks(table) == {"market.ticks.asx": {0: data.num_rows + late.num_rows}}
+    assert read_watermarks(table) == {TOPIC: {0: data.num_rows + late.num_rows}}
     assert canonical(table.scan().to_arrow()).equals(canonical(pa.concat_tables([data, late])))
 
 
@@ -213,3 +218,49 @@ def test_files_written_before_a_schema_change_are_compacted_onto_the_new_schema(
     assert result.partitions_compacted > 0
     assert canonical(table.scan().to_arrow()).equals(expected)
     assert expected["aggressor"].null_count == 0 and expected["venue"].null_count == data.num_rows
+
+
+def _stage_on_branch(table: Table, rows: pa.Table, first_offset: int) -> int:
+    """A write-audit-publish batch staged on branch `audit` cut from main, as validated ticks does."""
+    table.manage_snapshots().create_branch(table.current_snapshot().snapshot_id, "audit").commit()
+    watermark = encode_watermarks({TOPIC: {0: first_offset + rows.num_rows}})
+    table.append(rows, branch="audit", snapshot_properties={WATERMARK_PROPERTY: watermark})
+    return table.snapshot_by_name("audit").snapshot_id
+
+
+def test_compaction_waits_for_a_staged_audit_batch_to_publish_then_commits_on_top(tmp_path: Path) -> None:
+    table, data = ticks_table(tmp_path)
+    late = tick_rows(table, 1_000, seed=99)
+    writer = catalog_in(tmp_path).load("ticks")
+    staged = _stage_on_branch(writer, late, data.num_rows)
+
+    def publish_soon() -> None:
+        time.sleep(1.0)
+        writer.manage_snapshots().set_current_snapshot(snapshot_id=staged).commit()
+
+    publisher = threading.Thread(target=publish_soon)
+    publisher.start()
+    result = compact_table(table, dataclasses.replace(EAGER, poll_s=0.1))
+    publisher.join()
+
+    assert result.waits > 0 and result.partitions_compacted > 0 and not result.given_up
+    rewrite = table.snapshot_by_id(table.current_snapshot().parent_snapshot_id)
+    assert rewrite.parent_snapshot_id == staged
+    assert read_watermarks(table) == {TOPIC: {0: data.num_rows + late.num_rows}}
+    assert canonical(table.scan().to_arrow()).equals(canonical(pa.concat_tables([data, late])))
+
+
+def test_compaction_does_not_move_main_under_a_staged_batch_unless_it_was_abandoned(tmp_path: Path) -> None:
+    table, data = ticks_table(tmp_path)
+    _stage_on_branch(catalog_in(tmp_path).load("ticks"), tick_rows(table, 1_000, seed=99), data.num_rows)
+    head = table.current_snapshot().snapshot_id
+
+    result = compact_table(table, dataclasses.replace(EAGER, max_wait_s=0.5, poll_s=0.1))
+
+    assert result.given_up and all("write-audit-publish" in why for why in result.given_up.values())
+    assert table.current_snapshot().snapshot_id == head
+    assert list((tmp_path / "warehouse").rglob("*compacted*")) == []
+
+    abandoned = compact_table(table, dataclasses.replace(EAGER, stale_branch_s=0.0))
+
+    assert abandoned.partitions_compacted > 0 and not abandoned.given_up
