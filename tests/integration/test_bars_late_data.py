@@ -72,11 +72,15 @@ def test_late_ticks_from_kafka_restate_bars_that_still_equal_the_oracle(
     late = {(t["symbol"], t["sequence"]) for t in feed.manifest["late"]}  # type: ignore[attr-defined]
     caused = {(s, q) for s, qs in one_minute.select("symbol", "caused_by_sequences").iter_rows() for q in qs}
     assert caused & late and len(caused & late) >= 0.5 * len(caused)
-    # Each restatement step of a bar is one correction row.
+    # Each restatement of an existing bar is one correction row and one revision step; a late tick that opens a
+    # window the symbol had not traded in is a correction too (old_revision null) with the bar at revision 0.
     revisions = query(settings, "SELECT symbol, epoch_us(window_start) AS ws, revision FROM bars_1m WHERE revision > 0")
-    counted = one_minute.group_by("symbol", pl.col("window_start").dt.epoch("us").alias("ws")).len()
-    joined = revisions.join(counted, on=["symbol", "ws"], how="left")
-    assert revisions.height > 0 and (joined["revision"] == joined["len"]).all()
+    steps = one_minute.filter(pl.col("old_revision").is_not_null())
+    counted = steps.group_by("symbol", pl.col("window_start").dt.epoch("us").alias("ws")).len()
+    joined = revisions.join(counted, on=["symbol", "ws"], how="full", coalesce=True)
+    assert (joined["revision"] == joined["len"]).all() and revisions.height == counted.height
+    inserted = one_minute.filter(pl.col("old_revision").is_null())
+    assert (inserted["new_revision"] == 0).all() and steps.height + inserted.height == one_minute.height
 
     # The live path reported per-partition materialisations of the bar assets, restatements included.
     day = SESSION.isoformat()

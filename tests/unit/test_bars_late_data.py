@@ -76,7 +76,7 @@ def assert_revisions_are_explained(tables) -> None:  # type: ignore[no-untyped-d
         assert (joined["revision"] == joined["len"].fill_null(0)).all(), (interval, joined.head(3).to_dicts())
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.integers(0, 10_000),
     n=st.integers(5, 150),
