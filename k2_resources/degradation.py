@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -78,6 +79,8 @@ def probe_catalog(iceberg: IcebergResource, timeout_s: float) -> str | None:
         args = {"connect_timeout": max(1, int(timeout_s))}
     elif iceberg.catalog_uri.startswith("sqlite"):
         args = {"timeout": timeout_s}
+        if iceberg.catalog_uri.startswith("sqlite:///"):  # a first run: open_catalog would create the folder too
+            Path(iceberg.catalog_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(iceberg.catalog_uri, connect_args=args, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from k2.feed.producer import produce_feed
+from k2.feed.simulator import Feed, generate
 from k2_assets.definitions import build_definitions, resources_for
 from k2_assets.ticks.sensors import INGEST_JOB, kafka_ticks_sensor
 from k2_resources.broker import LocalKafkaBroker, free_port
 from k2_resources.env import Settings
 from k2_resources.iceberg import IcebergResource
+from k2_resources.kafka import KafkaResource
 from k2_resources.postgres import LocalPostgres
+from k2_resources.schemas import FileSchemaStore
 from k2_resources.tables import BARS_1M
 from tests.conftest import make_settings
-from tests.integration.helpers import produce, query
+from tests.integration.helpers import SESSION, produce, query
 
 pytestmark = pytest.mark.integration
 
@@ -75,11 +80,29 @@ def test_level_3_kafka_down_pauses_ingest_and_says_so(tmp_path: Path, dagster_in
     assert "L3-kafka-down" in str(paused.skip_reason) and "reads serve Iceberg only" in str(paused.skip_reason)
 
 
+def _produce_slices(settings: Settings, sizes: list[int]) -> list[Callable[[], None]]:
+    """One simulated session cut into consecutive slices (distinct sequence numbers), each produced when called."""
+    feed = generate(sum(sizes), seed=21, day=SESSION)
+    kafka = KafkaResource.from_settings(settings)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [
+        lambda start=start, size=size: produce_feed(
+            kafka,
+            settings.tick_topic,
+            Feed(feed.ticks.slice(start, size), feed.undecodable_rows[:0], feed.manifest),
+            FileSchemaStore(),
+            settings.topic_partitions,
+        )
+        for start, size in zip(starts, sizes, strict=True)
+    ]
+
+
 def test_level_1_lag_defers_bars_until_lag_recovers_then_bars_catch_up(
     tmp_path: Path, kafka_broker: LocalKafkaBroker, dagster_instance: dg.DagsterInstance
 ) -> None:
     settings = make_settings(tmp_path, kafka_broker.bootstrap, K2_MAX_CONSUMER_LAG="1000")
-    produce(settings, 3_000, seed=21)
+    first, second, third = _produce_slices(settings, [3_000, 700, 100])
+    first()
 
     lagging = evaluate(settings, dagster_instance)
     (request,) = lagging.run_requests
@@ -91,12 +114,12 @@ def test_level_1_lag_defers_bars_until_lag_recovers_then_bars_catch_up(
     assert iceberg.ensure_table(BARS_1M).current_snapshot() is None  # deferred, not built
 
     # 700 new records: under the threshold but over half of it, so the level holds (hysteresis).
-    produce(settings, 700, seed=22)
+    second()
     holding = evaluate(settings, dagster_instance, cursor=lagging.cursor)
     assert holding.run_requests[0].tags["k2/degradation"] == "L1-lagging"
     execute(settings, dagster_instance, holding.run_requests[0])
 
-    produce(settings, 100, seed=23)
+    third()
     recovered = evaluate(settings, dagster_instance, cursor=holding.cursor)
     (request,) = recovered.run_requests
     assert request.tags["k2/degradation"] == "L0-normal" and request.asset_selection is None

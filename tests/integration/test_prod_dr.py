@@ -53,7 +53,7 @@ def test_lost_catalog_database_is_rebuilt_from_warehouse_metadata(
     settings = prod_settings(tmp_path, postgres, kafka_broker.bootstrap)
     assert settings.dagster_pg_url
     instance = dagster_instance(tmp_path / "dagster", settings.dagster_pg_url)
-    first = produce(settings, 8_000, seed=3)
+    first = produce(settings, 5_000, seed=3)
     run(settings, instance)
     before = _contents(settings)
     assert {"raw_ticks", "ticks", "quarantine", "bars_1m"} <= set(before)
@@ -83,7 +83,7 @@ def test_lost_catalog_database_is_rebuilt_from_warehouse_metadata(
     assert {(t["action"], t["since_backup"]) for t in report["tables"]} == {("kept", "same")}
 
     # The Kafka watermarks survived with the snapshots: new ticks are ingested once, old ones are not re-read.
-    second = produce(settings, 2_000, seed=4)
+    second = produce(settings, 1_000, seed=4)
     run(settings, instance)
     raw = IcebergResource.from_settings(settings).load("raw_ticks")
     assert raw.scan().to_arrow().num_rows == first.records + second.records

@@ -49,7 +49,7 @@ def test_pipeline_on_postgres_s3_and_registry_is_read_by_duckdb_and_survives_cat
     assert settings.catalog_uri.startswith("postgresql") and settings.dagster_pg_url
     registry = RegistrySchemaStore(schema_registry.url)
     register_shipped_schemas(registry)
-    feed = generate(12_000, seed=5, day=SESSION)
+    feed = generate(6_000, seed=5, day=SESSION)
     produced = produce_feed(
         KafkaResource.from_settings(settings), settings.tick_topic, feed, registry, settings.topic_partitions
     )
