@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import os
 import sys
 import tempfile
 import time
@@ -121,7 +122,8 @@ def main() -> None:
     parser.add_argument("--late", type=int, default=1_000)
     parser.add_argument("--restate-day-ticks", type=int, default=2_000_000)
     args = parser.parse_args()
-    print(f"bars benchmark {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z, polars {pl.__version__}", flush=True)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"bars benchmark {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z, polars {pl.__version__}, load {load}", flush=True)
     bars = bench_kernel(args.ticks, args.symbols)
     bench_rollups(bars, f"{args.symbols} symbols")
     bench_rollups(big_bar_day(2_000), "2,000 symbols, every minute")
