@@ -92,7 +92,10 @@ def encode_ticks(rows: Sequence[dict[str, Any]], store: SchemaStore, schema_id: 
         out.append(header + buf.getvalue())
     return out
 
-_ARROW_TYPES: dict[str, pa.DataType] = {f.name: f.type for f in pl.DataFrame(schema=TICK_COLUMNS).to_arrow().schema}
+@cache
+def _arrow_types() -> dict[str, pa.DataType]:
+    """The Arrow type of each tick column (computed on first use: nothing runs at import)."""
+    return {f.name: f.type for f in pl.DataFrame(schema=TICK_COLUMNS).to_arrow().schema}
 
 
 def encode_frame(ticks: pl.DataFrame, store: SchemaStore, schema_id: int) -> pa.Array:
@@ -193,9 +196,10 @@ def _merge(columns: dict[str, pa.Array], decoded: dict[str, pa.Array], rows: np.
     """Place one schema id's decoded columns at their rows of the batch."""
     merged = dict(columns)
     for name, col in decoded.items():
-        if name not in _ARROW_TYPES:
+        arrow_type = _arrow_types().get(name)
+        if arrow_type is None:
             continue  # fields the tick frame does not have
-        col = col if col.type == _ARROW_TYPES[name] else col.cast(_ARROW_TYPES[name])
+        col = col if col.type == arrow_type else col.cast(arrow_type)
         placed = col if len(rows) == n else avro_columnar._scatter(col, rows, n)
         merged[name] = pc.coalesce(merged[name], placed) if name in merged else placed
     return merged

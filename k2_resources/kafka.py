@@ -116,18 +116,30 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
         )
 
     def offsets(self, topic: str) -> dict[int, tuple[int, int]]:
-        from confluent_kafka import TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
         meta = self._list_topics(self._admin()).get(topic)
         if meta is None:
             raise K2Error(f"topic {topic} does not exist: produce to it first (`k2 produce`)")
         consumer = self._consumer()
+        deadline = time.monotonic() + self.request_timeout_s
         try:
             result: dict[int, tuple[int, int]] = {}
             for partition in sorted(meta.partitions):  # type: ignore[attr-defined]
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=self.request_timeout_s, cached=False
-                )
+                while True:
+                    # Right after a broker restart a partition may have no leader yet: retry until the deadline.
+                    try:
+                        low, high = consumer.get_watermark_offsets(
+                            TopicPartition(topic, partition), timeout=self.request_timeout_s, cached=False
+                        )
+                        break
+                    except KafkaException as exc:
+                        if time.monotonic() > deadline:
+                            raise BrokerUnavailableError(
+                                f"end offsets of {topic}[{partition}] unavailable for {self.request_timeout_s:.0f}s "
+                                f"at {self.bootstrap_servers}: {exc}"
+                            ) from exc
+                        time.sleep(0.2)
                 result[partition] = (int(low), int(high))
             return result
         finally:
@@ -181,46 +193,50 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
     def commit_group_offsets(self, ranges: Sequence[OffsetRange]) -> str | None:
         """Commit the consumer group's offsets to the end of `ranges` (after Iceberg committed them).
 
-        Informational only (ARCHITECTURE.md decision 2): lag dashboards read them, K2 never does. A failure is
-        returned as text for the caller to log, never raised: the data is already safely in Iceberg.
+        Informational only (ARCHITECTURE.md decision 2): lag dashboards read them, K2 never does. Bounded by
+        group_commit_timeout_s, retried while the group coordinator is not ready; a failure is returned as text for
+        the caller to log, never raised: the data is already safely in Iceberg.
         """
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
+        from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
         ends: dict[tuple[str, int], int] = {}
         for r in ranges:
             ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), r.stop), r.stop)
         if not ends:
             return None
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap_servers,
-                "group.id": self.consumer_group,
-                "enable.auto.commit": False,
-                "socket.timeout.ms": int(self.group_commit_timeout_s * 1000),
-            }
-        )
-        try:
-            offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(ends.items())]
-            results = consumer.commit(offsets=offsets, asynchronous=False)
-            failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in results or [] if tp.error is not None]
-            return "; ".join(failed) or None
-        except KafkaException as exc:
-            return f"committing consumer-group offsets of {self.consumer_group} failed: {exc}"
-        finally:
-            consumer.close()
+        request = [
+            ConsumerGroupTopicPartitions(
+                self.consumer_group, [TopicPartition(t, p, o) for (t, p), o in sorted(ends.items())]
+            )
+        ]
+        admin = self._admin()
+        deadline = time.monotonic() + self.group_commit_timeout_s
+        problem = "no attempt made"
+        while time.monotonic() < deadline:
+            left = max(0.5, deadline - time.monotonic())
+            try:
+                done = admin.alter_consumer_group_offsets(request, request_timeout=left)
+                result = done[self.consumer_group].result(timeout=left + 1)
+            except (KafkaException, TimeoutError) as exc:
+                problem = str(exc)
+                time.sleep(0.2)
+                continue
+            failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in result.topic_partitions if tp.error]
+            if not failed:
+                return None
+            problem = "; ".join(failed)
+            time.sleep(0.2)
+        return f"consumer group {self.consumer_group}: offsets not committed within {self.group_commit_timeout_s}s ({problem})"
 
     def group_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
         """The consumer group's committed offset per partition (partitions without one are left out)."""
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-        consumer = Consumer({"bootstrap.servers": self.bootstrap_servers, "group.id": self.consumer_group})
-        try:
-            committed = consumer.committed(
-                [TopicPartition(topic, p) for p in partitions], timeout=self.request_timeout_s
-            )
-        finally:
-            consumer.close()
-        return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
+        request = [ConsumerGroupTopicPartitions(self.consumer_group, [TopicPartition(topic, p) for p in partitions])]
+        admin = self._admin()  # must outlive the future: a collected client never resolves it
+        done = admin.list_consumer_group_offsets(request, request_timeout=self.request_timeout_s)
+        result = done[self.consumer_group].result(timeout=self.request_timeout_s + 1)
+        return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
 
     def _partition_count(self, topic: str) -> int:
         meta = self._list_topics(self._admin()).get(topic)
@@ -312,10 +328,8 @@ def _records_table(messages: list, stops: dict[tuple[str, int], int]) -> pa.Tabl
         schema=RECORD_SCHEMA,
     )
     stop = np.full(table.num_rows, -1, dtype=np.int64)
-    topics = table["kafka_topic"].to_numpy(zero_copy_only=False)
-    parts = table["kafka_partition"].to_numpy()
     for (t, p), s in stops.items():
-        stop[(topics == t) & (parts == p)] = s
+        stop[np.asarray(pc.and_(pc.equal(table["kafka_topic"], t), pc.equal(table["kafka_partition"], p)))] = s
     return table.filter(pa.array(table["kafka_offset"].to_numpy() < stop))
 
 

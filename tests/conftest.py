@@ -21,6 +21,17 @@ from k2_resources.s3_server import LocalObjectStore
 _topic_ids = itertools.count(1)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    chaos = parser.getgroup("k2 chaos", "fault-injection tests (tests/chaos)")
+    chaos.addoption(
+        "--chaos-reps",
+        type=int,
+        default=int(os.environ.get("K2_CHAOS_REPS") or 5),
+        help="repetitions of every chaos case (default 5, or K2_CHAOS_REPS)",
+    )
+    chaos.addoption("--chaos-report", default=None, help="write the chaos matrix as JSON here")
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafkaBroker]:
     """A real Apache Kafka 4.x broker (KRaft) on a free 127.0.0.1 port, for the whole test session."""

@@ -15,7 +15,7 @@ from k2_resources import faults
 from k2_resources.arrow_util import conform
 from k2_resources.avro import decode_column
 from k2_resources.errors import OffsetRangeError
-from k2_resources.iceberg import CommitOutcome, OffsetRange, commit_offset_ranges
+from k2_resources.iceberg import CommitOutcome, OffsetRange, commit_offset_ranges, read_watermarks
 from k2_resources.kafka import TickLog
 from k2_resources.schemas import SchemaStore
 
@@ -82,5 +82,9 @@ def ingest_raw(
 
     outcome = commit_offset_ranges(table, ranges, build_rows, batch_id=batch_id, before_commit=before_commit)
     faults.reach("raw_ticks.after_commit")
-    group_error = log.commit_group_offsets([*outcome.ranges_committed, *outcome.ranges_skipped])
+    # The table's whole watermark, not just this batch: a group left behind by a crash catches up on any run.
+    marks = read_watermarks(table)
+    group_error = log.commit_group_offsets(
+        [OffsetRange(t, p, o, o) for t, parts in marks.items() for p, o in parts.items()]
+    )
     return RawIngestResult(outcome, seen["records"], seen["undecodable"], time.perf_counter() - started, group_error)
