@@ -24,14 +24,15 @@ demo: install
 	$(BIN)/python -m k2.demo
 
 ## The production profile on local services (README "Production profile"): PostgreSQL catalog + Dagster storage,
-## S3 warehouse (SeaweedFS if `make seaweedfs` built it, else moto), Kafka. State under .k2/prod.
+## S3 warehouse (SeaweedFS if `make seaweedfs` built it, else moto), Kafka, schema registry. State under .k2/prod.
 PROD_HOME := $(K2_HOME)/prod
 PROD_ENV := K2_ENV=prod K2_HOME=$(PROD_HOME) DAGSTER_HOME=$(PROD_HOME)/dagster \
 	K2_CATALOG_URI=postgresql+psycopg2://k2:k2@127.0.0.1:15432/k2_catalog \
 	K2_DAGSTER_PG_URL=postgresql+psycopg2://k2:k2@127.0.0.1:15432/k2_dagster \
 	K2_WAREHOUSE=s3://warehouse/lake K2_S3_ENDPOINT=http://127.0.0.1:18333 \
 	K2_S3_ACCESS_KEY_ID=k2-access K2_S3_SECRET_ACCESS_KEY=k2-secret-key-for-local-tests \
-	K2_KAFKA_PORT=19192 K2_KAFKA_BOOTSTRAP=127.0.0.1:19192 K2_TICK_TOPIC=market.ticks.asx.prod
+	K2_KAFKA_PORT=19192 K2_KAFKA_BOOTSTRAP=127.0.0.1:19192 K2_TICK_TOPIC=market.ticks.asx.prod \
+	K2_SCHEMA_REGISTRY_URL=http://127.0.0.1:18081/apis/ccompat/v7
 
 demo-prod: install
 	$(PROD_ENV) $(BIN)/python -m k2.demo_prod

@@ -1,6 +1,6 @@
 """`make demo-prod`: the whole pipeline on the production profile's services, all started locally on 127.0.0.1:
-PostgreSQL (Iceberg catalog + Dagster storage), an S3 server (SeaweedFS if built, else moto) for the warehouse,
-Kafka, and the schema registry when one is configured. Safe to re-run; `python -m k2.demo_prod stop` stops them.
+PostgreSQL (Iceberg catalog, Dagster storage, registry storage), an S3 server (SeaweedFS if built, else moto) for
+the warehouse, Kafka, and the schema registry (Apicurio, Confluent API) when K2_SCHEMA_REGISTRY_URL is set. Safe to re-run; `python -m k2.demo_prod stop` stops them.
 
 The Makefile target sets the K2_* variables (K2_ENV=prod); this module reads them only through load_settings().
 """
@@ -27,10 +27,15 @@ from k2_resources.errors import ConfigurationError, K2Error
 from k2_resources.iceberg import IcebergResource
 from k2_resources.kafka import KafkaResource
 from k2_resources.postgres import LocalPostgres, dagster_instance, ensure_database
+from k2_resources.registry import RegistrySchemaStore, register_shipped_schemas
+from k2_resources.registry_server import LocalSchemaRegistry
 from k2_resources.s3_server import LocalObjectStore
+from k2_resources.schemas import FileSchemaStore, SchemaStore
 
 
-def services(settings: Settings) -> tuple[LocalPostgres, LocalObjectStore, LocalKafkaBroker]:
+def services(
+    settings: Settings,
+) -> tuple[LocalPostgres, LocalObjectStore, LocalKafkaBroker, LocalSchemaRegistry | None]:
     if settings.env != "prod" or not settings.dagster_pg_url or not settings.s3_endpoint:
         raise ConfigurationError(
             "demo-prod needs K2_ENV=prod, K2_DAGSTER_PG_URL and K2_S3_ENDPOINT: use `make demo-prod`"
@@ -52,7 +57,16 @@ def services(settings: Settings) -> tuple[LocalPostgres, LocalObjectStore, Local
         secret_key=settings.s3_secret_access_key or "",
     )
     broker = LocalKafkaBroker(settings.kafka_dir, settings.kafka_port)
-    return postgres, store, broker
+    registry = None
+    if settings.schema_registry_url:
+        registry = LocalSchemaRegistry(
+            settings.home / "registry",
+            urlsplit(settings.schema_registry_url).port or 80,
+            jdbc_url=f"jdbc:postgresql://127.0.0.1:{postgres.port}/k2_registry",
+            jdbc_user=postgres.user,
+            jdbc_password=postgres.password,
+        )
+    return postgres, store, broker, registry
 
 
 def _offsets_when_led(kafka: KafkaResource, topic: str, timeout_s: float = 30.0) -> dict[int, tuple[int, int]]:
@@ -73,17 +87,26 @@ def main() -> None:
     console = Console(width=160)
     started = time.perf_counter()
     settings = load_settings()
-    postgres, store, broker = services(settings)
+    postgres, store, broker, registry = services(settings)
     assert settings.dagster_pg_url is not None
-    with console.status("starting PostgreSQL, the S3 server and Kafka..."):
+    with console.status("starting PostgreSQL, the S3 server, Kafka and the schema registry..."):
         postgres.start()
         ensure_database(settings.catalog_uri)
         store.start()
         broker.start()
+        if registry is not None:
+            postgres.create_database("k2_registry")
+            registry.start()
     console.print(
         f"[bold]1. Services[/bold] PostgreSQL 127.0.0.1:{postgres.port} (catalog + Dagster storage), "
-        f"S3 {store.endpoint} ({store.kind}, bucket {store.bucket}), Kafka {broker.bootstrap}"
+        f"S3 {store.endpoint} ({store.kind}, bucket {store.bucket}), Kafka {broker.bootstrap}, "
+        f"schema registry {registry.url if registry else '(none: schema files)'}"
     )
+    schemas: SchemaStore = FileSchemaStore()
+    if registry is not None:
+        schemas = RegistrySchemaStore(registry.url)
+        ids = register_shipped_schemas(schemas)
+        console.print(f"   registered {ids} (compatibility BACKWARD)")
 
     kafka = KafkaResource.from_settings(settings)
     kafka.ensure_topic(settings.tick_topic, settings.topic_partitions)
@@ -92,9 +115,7 @@ def main() -> None:
         console.print(f"[bold]2. Feed[/bold] {already:,} records already in {settings.tick_topic}; not producing again")
     else:
         feed = generate(DEMO_TICKS, seed=7, day=DEMO_DATE, exchange_code=settings.exchange)
-        from k2_resources.schemas import FileSchemaStore
-
-        result = produce_feed(kafka, settings.tick_topic, feed, FileSchemaStore(), settings.topic_partitions)
+        result = produce_feed(kafka, settings.tick_topic, feed, schemas, settings.topic_partitions)
         console.print(f"[bold]2. Feed[/bold] produced {result.records:,} ticks to {settings.tick_topic}")
 
     instance = dagster_instance(settings.home / "dagster", settings.dagster_pg_url)
@@ -116,11 +137,13 @@ def main() -> None:
 
 
 def stop() -> None:
-    postgres, store, broker = services(load_settings())
+    postgres, store, broker, registry = services(load_settings())
+    if registry is not None:
+        registry.stop()
     broker.stop()
     store.stop()
     postgres.stop()
-    Console().print("PostgreSQL, the S3 server and Kafka stopped")
+    Console().print("the schema registry, Kafka, the S3 server and PostgreSQL stopped")
 
 
 if __name__ == "__main__":
