@@ -126,8 +126,8 @@ def expire_table(
         result.seconds = time.perf_counter() - started
         return result
 
-    gone = reachable(table, expired)
     kept = reachable(table, table.snapshots())
+    gone = reachable(table, expired, known=kept)  # a manifest kept snapshots share has only kept files
     data = {p: n for p, n in gone.files.items() if p not in kept.files}
     manifests = {p: n for p, n in gone.manifests.items() if p not in kept.manifests}
     lists = gone.manifest_lists - kept.manifest_lists

@@ -87,7 +87,15 @@ class Reachable:
         return self.manifest_lists | set(self.manifests) | set(self.files)
 
 
-def reachable(table: Table, snapshots: Iterable[Snapshot], *, all_entries: bool = False) -> Reachable:
+def reachable(
+    table: Table,
+    snapshots: Iterable[Snapshot],
+    *,
+    all_entries: bool = False,
+    known: Reachable | None = None,
+) -> Reachable:
+    """Files of `snapshots`. Manifests already in `known` are listed but not read again: their entries are in
+    `known.files` already."""
     io = table.io
     out = Reachable()
     snapshots = list(snapshots)
@@ -106,7 +114,8 @@ def reachable(table: Table, snapshots: Iterable[Snapshot], *, all_entries: bool 
             if all_entries or e.status != ManifestEntryStatus.DELETED
         ]
 
-    for pairs in _map(entries, list(unique.values())):
+    skip = known.manifests if known is not None else {}
+    for pairs in _map(entries, [m for path, m in unique.items() if path not in skip]):
         out.files.update(pairs)
     return out
 

@@ -24,8 +24,8 @@ from tests.integration.helpers import produce, query, raw_offsets, run
 pytestmark = pytest.mark.integration
 
 INGEST_TABLES = ("raw_ticks", "ticks", "quarantine")
-TICKS = 18_000  # 3,000 per Kafka partition, landed 500 at a time: 6 micro-batches, many small files
-RACED_BATCHES = 4
+TICKS = 12_000  # 2,000 per Kafka partition, landed 500 at a time: 4 micro-batches, many small files
+RACED_BATCHES = 3
 QUERIES = {
     "raw": "SELECT kafka_topic, kafka_partition, kafka_offset, symbol, sequence FROM raw_ticks ORDER BY ALL",
     "ticks": "SELECT * EXCLUDE (conditions), len(conditions) AS n_conditions FROM ticks ORDER BY ALL",
