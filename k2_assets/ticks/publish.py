@@ -114,7 +114,8 @@ def pending_ranges(raw: Table, outputs: Sequence[Table], max_per_partition: int)
     """What raw_ticks has committed that the slowest output table has not, per partition.
 
     If the outputs disagree (a crash between their commits), exactly the interrupted batch is planned again:
-    [slowest, fastest) of the partitions where they differ, so every table sees the same batch it was part of.
+    [slowest, fastest) of the partitions where they differ (capped like any batch, which reproduces the original
+    one), so every table sees the same batch it was part of. A table added later catches up the same way.
     """
     raw_marks = read_watermarks(raw)
     out_marks = [read_watermarks(t) for t in outputs]
@@ -123,7 +124,7 @@ def pending_ranges(raw: Table, outputs: Sequence[Table], max_per_partition: int)
         slowest = slowest_watermark(topic, *out_marks) if all(topic in m for m in out_marks) else {}
         fastest = {p: max(m.get(topic, {}).get(p, 0) for m in out_marks) for p in parts}
         interrupted = [
-            OffsetRange(topic, p, slowest.get(p, 0), fastest[p])
+            OffsetRange(topic, p, slowest.get(p, 0), min(fastest[p], slowest.get(p, 0) + max_per_partition))
             for p in sorted(parts)
             if fastest[p] > slowest.get(p, 0)
         ]
