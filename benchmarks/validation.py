@@ -95,8 +95,11 @@ def synthetic_batch(rows: int, seed: int = 1) -> tuple[pl.DataFrame, pl.DataFram
         .sample(fraction=0.005, seed=seed + 1)
         .select("exchange", "symbol", pl.lit(DAY).alias("trading_date"), "sequence")
     )
+    # The previous batch's last valid price of each symbol: its typical price (not a spike, not negated).
     firsts = (
-        raw.drop_nulls("symbol").group_by("exchange", "symbol").agg(pl.col("sequence").min(), pl.col("price").first())
+        raw.drop_nulls("symbol")
+        .group_by("exchange", "symbol")
+        .agg(pl.col("sequence").min(), pl.col("price").abs().median().cast(pl.Int64))
     )
     last_prices = firsts.select("exchange", "symbol", pl.col("price").abs().alias("last_price"))
     state = firsts.select(

@@ -15,6 +15,7 @@ from the first unsettled one on is flagged: the conservative choice, since flagg
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 _FIRST_SEEN = 11  # prices whose median seeds the reference of a symbol with no carried last price
@@ -59,42 +60,49 @@ def flag_anomalies(
         .sort("_g", maintain_order=True)
         .join(groups, on="_g", how="left", maintain_order="left")
     )
-    price = frame["price"]
-    starts = frame.select(pl.col("_g").ne_missing(pl.col("_g").shift(1))).to_series().fill_null(True)
-    seed = frame["_seed"].fill_null(_NO_REF)
-    valid = pl.Series([True] * frame.height)
-    anomaly = ~valid
-    reference = price
-    changed = anomaly
+    price = frame["price"].to_numpy()
+    starts = frame.select(pl.col("_g").ne_missing(pl.col("_g").shift(1))).to_series().fill_null(True).to_numpy()
+    seed = frame["_seed"].fill_null(_NO_REF).to_numpy()
+    valid = np.ones(frame.height, dtype=bool)
+    anomaly, reference, changed = ~valid, price, ~valid
     settled = False
     for _ in range(max_passes):
         anomaly, reference = _pass(price, valid, starts, seed, threshold_bps)
-        new_valid = ~anomaly
-        if new_valid.equals(valid):
+        if np.array_equal(~anomaly, valid):
             settled = True
             break
-        changed = new_valid != valid
-        valid = new_valid
+        changed = ~anomaly != valid
+        valid = ~anomaly
     if not settled:
-        group = starts.cast(pl.Int64).cum_sum()
+        group = np.cumsum(starts)
         unsettled = pl.DataFrame({"g": group, "c": changed}).select(pl.col("c").cum_max().over("g")).to_series()
-        anomaly = anomaly | unsettled
-    out = pl.DataFrame({"_pos": frame["_pos"], "anomaly": anomaly, "reference": reference}).sort("_pos")
-    return out.select("anomaly", "reference")
+        anomaly = anomaly | unsettled.to_numpy()
+    # Back to the callers' row order.
+    position = frame["_pos"].to_numpy()
+    out_anomaly = np.empty_like(anomaly)
+    out_reference = np.empty_like(reference)
+    out_anomaly[position] = anomaly
+    out_reference[position] = reference
+    return pl.DataFrame(
+        {"anomaly": out_anomaly, "reference": pl.Series(out_reference).replace(_NO_REF, None)},
+        schema={"anomaly": pl.Boolean, "reference": pl.Int64},
+    )
 
 
 def _pass(
-    price: pl.Series, valid: pl.Series, starts: pl.Series, seed: pl.Series, threshold_bps: int
-) -> tuple[pl.Series, pl.Series]:
-    frame = pl.DataFrame({"p": price, "v": valid, "s": starts, "seed": seed})
-    out = frame.select(
-        pl.when(pl.col("s"))
-        .then(pl.col("seed"))
-        .otherwise(pl.when(pl.col("v")).then(pl.col("p")).otherwise(None).shift(1))
-        .forward_fill()
-        .alias("ref"),
-        "p",
-    ).with_columns(pl.when(pl.col("ref") == _NO_REF).then(None).otherwise(pl.col("ref")).alias("ref"))
-    deviates = (pl.col("p") - pl.col("ref")).abs() * 10_000 > pl.col("ref") * threshold_bps
-    flagged = out.select((pl.col("ref").is_not_null() & (pl.col("ref") > 0) & deviates).fill_null(False)).to_series()
-    return flagged.alias("anomaly"), out["ref"].alias("reference")
+    price: np.ndarray, valid: np.ndarray, starts: np.ndarray, seed: np.ndarray, threshold_bps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One whole-column pass: each tick against the last tick before it in its group that `valid` marks, else the
+    group's seed. A segmented forward fill in numpy: a group start is the code 2*i, a valid tick j the code
+    2*j+1; the running maximum of the codes is the latest of either, so it never crosses into another group."""
+    n = len(price)
+    index = np.arange(n, dtype=np.int64)
+    source = np.full(n, -1, dtype=np.int64)
+    source[1:] = np.where(valid[:-1], 2 * index[:-1] + 1, -1)
+    source[starts] = 2 * index[starts]
+    latest = np.maximum.accumulate(source)
+    from_seed = latest % 2 == 0
+    reference = np.where(from_seed, seed[latest // 2], price[(latest - 1) // 2])
+    usable = (reference != _NO_REF) & (reference > 0)
+    base = np.where(usable, reference, price)  # no arithmetic on the no-reference marker
+    return usable & (np.abs(price - base) * 10_000 > base * threshold_bps), reference

@@ -110,11 +110,19 @@ def track_sequences(
     reset_drop: float = 0.5,
 ) -> SequenceResult:
     """Gaps, fills, resets and the new state for one batch of `received` ticks (exchange, symbol, sequence,
-    exchange_ts, trading_date, price, valid, arrival), given the state and open gaps before it."""
+    exchange_ts, trading_date, price, valid, arrival), given the state and open gaps before it.
+
+    With a `_g` column (an integer code per exchange+symbol, as validate() provides) all per-row work is on that
+    code; the symbol names are joined only to the few output rows."""
     state = empty_state() if state is None else state.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA)  # type: ignore[arg-type]
     open_gaps = empty_gaps() if open_gaps is None else open_gaps.select(list(GAP_SCHEMA)).cast(GAP_SCHEMA)  # type: ignore[arg-type]
     if received.is_empty():
         return SequenceResult(empty_gaps(), empty_gaps(), state, 0)
+    if "_g" not in received.columns:
+        code = pl.concat_str([pl.col(c).cast(pl.String) for c in GROUP], separator="\x1f")
+        received = received.with_columns(code.cast(pl.Categorical).to_physical().alias("_g"))
+    names = received.select("_g", *GROUP).group_by("_g").first()
+    names = names.with_columns([pl.col(c).cast(pl.String) for c in GROUP])
     before = state.select(
         *GROUP,
         pl.col("epoch").alias("_s_epoch"),
@@ -124,12 +132,12 @@ def track_sequences(
         pl.col("last_price").alias("_s_price"),
         pl.col("last_price_ts").alias("_s_price_ts"),
     )
+    before = names.join(before, on=GROUP, how="left").drop(GROUP)
     rows = (
-        received.select("exchange", "symbol", "sequence", "exchange_ts", "trading_date", "price", "valid", "arrival")
-        .join(before, on=GROUP, how="left")
-        # An integer code per (exchange, symbol): sorting and windowing on it is cheaper than on the strings.
-        .with_columns(pl.concat_str(GROUP, separator="\x1f").cast(pl.Categorical).to_physical().alias("_g"))
-        .sort("_g", "arrival")
+        received.select("_g", "sequence", "exchange_ts", "trading_date", "price", "valid", "arrival")
+        .sort("arrival")
+        .join(before, on="_g", how="left", maintain_order="left")
+        .sort("_g", maintain_order=True)  # stable: arrival order inside each symbol
         .with_columns(_group_start("_g").alias("_start"))
     )
     prev_seq = pl.when(pl.col("_start")).then(pl.col("_s_prev")).otherwise(pl.col("sequence").shift(1))
@@ -141,61 +149,67 @@ def track_sequences(
             & (pl.col("exchange_ts") >= pl.col("_prev_ts"))
         ).alias("_reset")
     )
-    rows = rows.with_columns(
-        (pl.col("_s_epoch").fill_null(0) + pl.col("_reset").cast(pl.Int64).cum_sum().over("_g")).alias("epoch")
-    ).with_columns(pl.when(pl.col("epoch") == pl.col("_s_epoch")).then(pl.col("_s_max")).otherwise(None).alias("_base"))
-    # The highest sequence of the epoch a reset leaves (within the batch, or from the state if it started before).
-    rows = rows.with_columns(
-        pl.max_horizontal(
-            pl.col("sequence").cum_max().over("_g", "epoch").shift(1).over("_g"),
-            pl.when(pl.col("epoch") - 1 == pl.col("_s_epoch")).then(pl.col("_s_max")),
-        ).alias("_left_max")
+    # Resets so far within the symbol: a running count over the whole (symbol-sorted) column minus its value where
+    # the symbol starts; no per-group window needed.
+    running = pl.col("_reset").cast(pl.Int64).cum_sum()
+    at_start = pl.when(pl.col("_start")).then(running - pl.col("_reset").cast(pl.Int64)).forward_fill()
+    rows = rows.with_columns((pl.col("_s_epoch").fill_null(0) + running - at_start).alias("epoch")).with_columns(
+        pl.when(pl.col("epoch") == pl.col("_s_epoch")).then(pl.col("_s_max")).otherwise(None).alias("_base")
     )
     stamp = [pl.lit(now_us, pl.Int64).alias("detected_at"), pl.lit(batch_id).alias("batch_id")]
     stamp.append(pl.lit(raw_snapshot_id, pl.Int64).alias("raw_snapshot_id"))
 
-    resets = rows.filter(pl.col("_reset")).select(
-        _gap_id(pl.lit(RESET)).alias("gap_id"),
-        pl.lit(RESET).alias("kind"),
-        *GROUP,
-        "epoch",
-        "trading_date",
-        (pl.col("_left_max") + 1).alias("expected"),
-        pl.col("sequence").alias("received"),
-        pl.lit(None, pl.Int64).alias("first_missing"),
-        pl.lit(None, pl.Int64).alias("last_missing"),
-        pl.lit(0, pl.Int64).alias("missing_count"),
-        pl.lit(0, pl.Int64).alias("filled_count"),
-        *stamp,
-        pl.lit(None, pl.Int64).alias("filled_at"),
+    resets = (
+        _left_max(rows)
+        .join(names, on="_g", how="left")
+        .select(
+            _gap_id(pl.lit(RESET)).alias("gap_id"),
+            pl.lit(RESET).alias("kind"),
+            *GROUP,
+            "epoch",
+            "trading_date",
+            (pl.col("_left_max") + 1).alias("expected"),
+            pl.col("sequence").alias("received"),
+            pl.lit(None, pl.Int64).alias("first_missing"),
+            pl.lit(None, pl.Int64).alias("last_missing"),
+            pl.lit(0, pl.Int64).alias("missing_count"),
+            pl.lit(0, pl.Int64).alias("filled_count"),
+            *stamp,
+            pl.lit(None, pl.Int64).alias("filled_at"),
+        )
     )
 
-    distinct = rows.unique(["_g", "epoch", "sequence"], keep="first", maintain_order=True).select(
-        "_g", *GROUP, "epoch", "sequence", "trading_date", "_base"
+    # Distinct sequences per (symbol, epoch), sorted: a stable sort keeps the first arrival first among equals.
+    distinct = (
+        rows.select("_g", "epoch", "sequence", "trading_date", "_base")
+        .sort("_g", "epoch", "sequence", maintain_order=True)
+        .filter(_group_start("_g", "epoch", "sequence"))
     )
-    above = distinct.filter(pl.col("_base").is_null() | (pl.col("sequence") > pl.col("_base"))).sort(
-        "_g", "epoch", "sequence"
-    )
+    above = distinct.filter(pl.col("_base").is_null() | (pl.col("sequence") > pl.col("_base")))
     above = above.with_columns(
         pl.when(_group_start("_g", "epoch"))
         .then(pl.col("_base"))
         .otherwise(pl.col("sequence").shift(1))
         .alias("_prev_seq")
     )
-    gaps = above.filter(pl.col("sequence") - pl.col("_prev_seq") > 1).select(
-        _gap_id(pl.col("_prev_seq") + 1).alias("gap_id"),
-        pl.lit(GAP).alias("kind"),
-        *GROUP,
-        "epoch",
-        "trading_date",
-        (pl.col("_prev_seq") + 1).alias("expected"),
-        pl.col("sequence").alias("received"),
-        (pl.col("_prev_seq") + 1).alias("first_missing"),
-        (pl.col("sequence") - 1).alias("last_missing"),
-        (pl.col("sequence") - pl.col("_prev_seq") - 1).alias("missing_count"),
-        pl.lit(0, pl.Int64).alias("filled_count"),
-        *stamp,
-        pl.lit(None, pl.Int64).alias("filled_at"),
+    gaps = (
+        above.filter(pl.col("sequence") - pl.col("_prev_seq") > 1)
+        .join(names, on="_g", how="left")
+        .select(
+            _gap_id(pl.col("_prev_seq") + 1).alias("gap_id"),
+            pl.lit(GAP).alias("kind"),
+            *GROUP,
+            "epoch",
+            "trading_date",
+            (pl.col("_prev_seq") + 1).alias("expected"),
+            pl.col("sequence").alias("received"),
+            (pl.col("_prev_seq") + 1).alias("first_missing"),
+            (pl.col("sequence") - 1).alias("last_missing"),
+            (pl.col("sequence") - pl.col("_prev_seq") - 1).alias("missing_count"),
+            pl.lit(0, pl.Int64).alias("filled_count"),
+            *stamp,
+            pl.lit(None, pl.Int64).alias("filled_at"),
+        )
     )
     opened = (
         pl.concat([gaps.select(list(GAP_SCHEMA)), resets.select(list(GAP_SCHEMA))])
@@ -204,9 +218,24 @@ def track_sequences(
     )
 
     below = distinct.filter(pl.col("_base").is_not_null() & (pl.col("sequence") < pl.col("_base")))
-    filled, matched = _fills(below, open_gaps, now_us)
-    new_state = _next_state(rows, state, now_us, batch_id)
+    filled, matched = _fills(below, open_gaps.join(names, on=GROUP, how="inner"), now_us)
+    new_state = _next_state(rows, names, state, now_us, batch_id)
     return SequenceResult(opened, filled, new_state, below.height - matched)
+
+
+def _left_max(rows: pl.DataFrame) -> pl.DataFrame:
+    """The reset rows, each with the highest sequence of the epoch it leaves (from the batch, or from the state if
+    that epoch started before it): windows over the few symbols that reset, not the whole batch."""
+    resets = rows.filter(pl.col("_reset"))
+    if resets.is_empty():
+        return resets.with_columns(pl.lit(None, pl.Int64).alias("_left_max"))
+    touched = rows.filter(pl.col("_g").is_in(resets["_g"].unique().implode()))
+    return touched.with_columns(
+        pl.max_horizontal(
+            pl.col("sequence").cum_max().over("_g", "epoch").shift(1).over("_g"),
+            pl.when(pl.col("epoch") - 1 == pl.col("_s_epoch")).then(pl.col("_s_max")),
+        ).alias("_left_max")
+    ).filter(pl.col("_reset"))
 
 
 def _fills(candidates: pl.DataFrame, open_gaps: pl.DataFrame, now_us: int) -> tuple[pl.DataFrame, int]:
@@ -217,13 +246,13 @@ def _fills(candidates: pl.DataFrame, open_gaps: pl.DataFrame, now_us: int) -> tu
     # Gaps of one symbol and epoch never overlap, so the gap holding a sequence is the one with the greatest
     # first_missing at or below it (an as-of join), if the sequence is also at or below its last_missing.
     matched = (
-        candidates.select(*GROUP, "epoch", "sequence")
+        candidates.select("_g", "epoch", "sequence")
         .sort("sequence")
         .join_asof(
-            gaps.select(*GROUP, "epoch", "first_missing", "last_missing", "gap_id").sort("first_missing"),
+            gaps.select("_g", "epoch", "first_missing", "last_missing", "gap_id").sort("first_missing"),
             left_on="sequence",
             right_on="first_missing",
-            by=[*GROUP, "epoch"],
+            by=["_g", "epoch"],
             strategy="backward",
             check_sortedness=False,  # sorted by first_missing within every `by` group, as the join needs
         )
@@ -247,11 +276,11 @@ def _fills(candidates: pl.DataFrame, open_gaps: pl.DataFrame, now_us: int) -> tu
     return updated, matched.height
 
 
-def _next_state(rows: pl.DataFrame, state: pl.DataFrame, now_us: int, batch_id: str) -> pl.DataFrame:
+def _next_state(
+    rows: pl.DataFrame, names: pl.DataFrame, state: pl.DataFrame, now_us: int, batch_id: str
+) -> pl.DataFrame:
     last_epoch = pl.col("epoch").last()
     per_symbol = rows.group_by("_g", maintain_order=True).agg(
-        pl.col("exchange").first(),
-        pl.col("symbol").first(),
         last_epoch.alias("epoch"),
         pl.col("trading_date").last(),
         pl.col("sequence").filter(pl.col("epoch") == last_epoch).max().alias("_batch_max"),
@@ -264,26 +293,30 @@ def _next_state(rows: pl.DataFrame, state: pl.DataFrame, now_us: int, batch_id: 
         pl.col("_s_price").first(),
         pl.col("_s_price_ts").first(),
     )
-    updated = per_symbol.select(
-        *GROUP,
-        "epoch",
-        "trading_date",
-        pl.when(pl.col("epoch") == pl.col("_s_epoch"))
-        .then(pl.max_horizontal("_batch_max", "_s_max"))
-        .otherwise(pl.col("_batch_max"))
-        .alias("last_sequence"),
-        "last_arrival_sequence",
-        "last_arrival_ts",
-        pl.when(pl.col("_price").is_not_null())
-        .then(pl.col("_price"))
-        .otherwise(pl.col("_s_price"))
-        .alias("last_price"),
-        pl.when(pl.col("_price").is_not_null())
-        .then(pl.col("_price_ts"))
-        .otherwise(pl.col("_s_price_ts"))
-        .alias("last_price_ts"),
-        pl.lit(now_us, pl.Int64).alias("updated_at"),
-        pl.lit(batch_id).alias("batch_id"),
-    ).cast(STATE_SCHEMA)  # type: ignore[arg-type]
+    updated = (
+        per_symbol.join(names, on="_g", how="left")
+        .select(
+            *GROUP,
+            "epoch",
+            "trading_date",
+            pl.when(pl.col("epoch") == pl.col("_s_epoch"))
+            .then(pl.max_horizontal("_batch_max", "_s_max"))
+            .otherwise(pl.col("_batch_max"))
+            .alias("last_sequence"),
+            "last_arrival_sequence",
+            "last_arrival_ts",
+            pl.when(pl.col("_price").is_not_null())
+            .then(pl.col("_price"))
+            .otherwise(pl.col("_s_price"))
+            .alias("last_price"),
+            pl.when(pl.col("_price").is_not_null())
+            .then(pl.col("_price_ts"))
+            .otherwise(pl.col("_s_price_ts"))
+            .alias("last_price_ts"),
+            pl.lit(now_us, pl.Int64).alias("updated_at"),
+            pl.lit(batch_id).alias("batch_id"),
+        )
+        .cast(STATE_SCHEMA)
+    )  # type: ignore[arg-type]
     untouched = state.join(updated.select(GROUP), on=GROUP, how="anti")
     return pl.concat([untouched, updated]).sort(GROUP)

@@ -61,7 +61,8 @@ class ValidationResult:
     ticks: pl.DataFrame  # TICK_COLUMNS + SOURCE_COLUMNS, in arrival order
     quarantine: pl.DataFrame  # SOURCE_COLUMNS + TICK_COLUMNS + reasons, detail, raw_value, kafka_key, decode_error
     duplicates: pl.DataFrame  # SOURCE_COLUMNS + duplicate_of ("batch" | "ticks") of rows dropped as duplicates
-    received: pl.DataFrame = field(default_factory=pl.DataFrame)  # RECEIVED_COLUMNS: what the sequence tracker sees
+    # RECEIVED_COLUMNS (+ _g, a code per exchange+symbol): what the sequence tracker sees
+    received: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     @property
     def quarantined_by_reason(self) -> dict[str, int]:
@@ -113,10 +114,14 @@ def _narrow(raw: pl.DataFrame, derivatives: list[str]) -> pl.DataFrame:
     and `_g` an integer code of (exchange, symbol). All the logic runs on this; wide columns (strings, lists,
     bytes) are gathered once per output at the end."""
     order = raw.select(pl.arg_sort_by(SOURCE_COLUMNS)).to_series()
+    # One exchange per batch is the rule (a topic per exchange): then the symbol alone is the group.
+    one_exchange = raw["exchange"].drop_nulls().n_unique() <= 1
+    key = pl.col("symbol") if one_exchange else pl.concat_str(["exchange", "symbol"], separator=_SEP)
+    group = pl.when(pl.col("exchange").is_not_null()).then(key.cast(pl.Categorical).to_physical())
     narrow = raw.select(
         pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"),
         pl.col("exchange").cast(pl.Categorical),
-        pl.concat_str(["exchange", "symbol"], separator=_SEP).cast(pl.Categorical).to_physical().alias("_g"),
+        group.alias("_g"),
         "sequence",
         "exchange_ts",
         "price",
@@ -236,19 +241,21 @@ def validate(
     duplicates = pl.concat(
         [raw.select(SOURCE_COLUMNS)[duplicate_rows["_row"]], duplicate_rows.select("duplicate_of")], how="horizontal"
     )
-    sequenced = pl.concat(
-        [
-            unique.select("_row", "arrival", "trading_date", (~pl.col("_anomaly")).alias("valid")),
-            failed.filter(
-                pl.col("_g").is_not_null() & pl.col("trading_date").is_not_null() & pl.col("sequence").is_not_null()
-            ).select("_row", "arrival", "trading_date", pl.lit(False).alias("valid")),
-        ]
-    ).sort("arrival")
-    received = pl.concat(
-        [
-            raw.select("exchange", "symbol", "sequence", "exchange_ts", "price")[sequenced["_row"]],
-            sequenced.drop("_row"),
-        ],
-        how="horizontal",
-    ).select(RECEIVED_COLUMNS)
+    # What the sequence tracker sees: every decoded row with a key that is not a duplicate, valid or not. Names come
+    # from the small group table as categoricals, so no string column is gathered per row.
+    names = groups.with_columns(pl.col("exchange").cast(pl.Categorical), pl.col("symbol").cast(pl.Categorical))
+    tracked = ["_g", "sequence", "exchange_ts", "trading_date", "price", "arrival"]
+    received = (
+        pl.concat(
+            [
+                unique.select(*tracked, (~pl.col("_anomaly")).alias("valid")),
+                failed.filter(
+                    pl.col("_g").is_not_null() & pl.col("trading_date").is_not_null() & pl.col("sequence").is_not_null()
+                ).select(*tracked, pl.lit(False).alias("valid")),
+            ]
+        )
+        .sort("arrival")
+        .join(names, on="_g", how="left", maintain_order="left")
+        .select(*RECEIVED_COLUMNS, "_g")
+    )
     return ValidationResult(ticks=ticks, quarantine=quarantine, duplicates=duplicates, received=received)
