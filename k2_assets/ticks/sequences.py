@@ -114,8 +114,8 @@ def track_sequences(
 
     With a `_g` column (an integer code per exchange+symbol, as validate() provides) all per-row work is on that
     code; the symbol names are joined only to the few output rows."""
-    state = empty_state() if state is None else state.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA)  # type: ignore[arg-type]
-    open_gaps = empty_gaps() if open_gaps is None else open_gaps.select(list(GAP_SCHEMA)).cast(GAP_SCHEMA)  # type: ignore[arg-type]
+    state = empty_state() if state is None else state.select(list(STATE_SCHEMA)).cast(pl.Schema(STATE_SCHEMA))
+    open_gaps = empty_gaps() if open_gaps is None else open_gaps.select(list(GAP_SCHEMA)).cast(pl.Schema(GAP_SCHEMA))
     if received.is_empty():
         return SequenceResult(empty_gaps(), empty_gaps(), state, 0)
     if "_g" not in received.columns:
@@ -213,7 +213,7 @@ def track_sequences(
     )
     opened = (
         pl.concat([gaps.select(list(GAP_SCHEMA)), resets.select(list(GAP_SCHEMA))])
-        .cast(GAP_SCHEMA)  # type: ignore[arg-type]
+        .cast(pl.Schema(GAP_SCHEMA))
         .sort(*GROUP, "epoch", "received")
     )
 
@@ -316,7 +316,7 @@ def _next_state(
             pl.lit(now_us, pl.Int64).alias("updated_at"),
             pl.lit(batch_id).alias("batch_id"),
         )
-        .cast(STATE_SCHEMA)
-    )  # type: ignore[arg-type]
+        .cast(pl.Schema(STATE_SCHEMA))
+    )
     untouched = state.join(updated.select(GROUP), on=GROUP, how="anti")
     return pl.concat([untouched, updated]).sort(GROUP)
