@@ -209,10 +209,16 @@ class LocalKafkaBroker:
 
 
 def _cluster_id() -> str:
-    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding (what `kafka-storage random-uuid` prints)."""
+    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding (what `kafka-storage random-uuid` prints).
+
+    Like Kafka's own Uuid.randomUuid, never one starting with '-': the storage tool would parse it as an option.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _metadata_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
