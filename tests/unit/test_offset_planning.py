@@ -49,10 +49,3 @@ def test_config_round_trip_and_stable_batch_key() -> None:
     assert ranges_from_config(ranges_to_config(ranges)) == ranges
     assert batch_key(ranges) == batch_key(list(reversed(ranges)))
     assert batch_key(ranges) != batch_key([OffsetRange(T, 1, 0, 6)])
-
-
-def test_kraft_cluster_ids_never_look_like_an_option() -> None:
-    from k2_resources.broker import _cluster_id
-
-    ids = [_cluster_id() for _ in range(2_000)]
-    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
