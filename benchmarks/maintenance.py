@@ -12,6 +12,7 @@ default policy (>100 files or <50 MB average -> ~512 MB files sorted by symbol, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -35,6 +36,14 @@ from k2_resources.iceberg import IcebergResource, OffsetRange, commit_offset_ran
 from k2_resources.tables import TICKS
 
 TOPIC = "market.ticks.asx"
+# Column metrics only where point queries prune (symbol, exchange_ts, sequence): smaller manifest entries, which
+# DuckDB's iceberg_scan decodes for every file on every query.
+LEAN_METRICS = {
+    "write.metadata.metrics.default": "counts",
+    "write.metadata.metrics.column.symbol": "truncate(16)",
+    "write.metadata.metrics.column.exchange_ts": "full",
+    "write.metadata.metrics.column.sequence": "full",
+}
 POINT_QUERY = (
     "SELECT count(*), sum(volume), min(price), max(price) FROM ticks "
     "WHERE symbol = $symbol AND exchange_ts >= $start AND exchange_ts < $stop"
@@ -47,9 +56,12 @@ def sessions(n: int) -> list[dt.date]:
     return [d.date() for d in days[:n]]
 
 
-def load(iceberg: IcebergResource, ticks: int, batches: int, days: int) -> tuple[int, float, list[tuple[str, int]]]:
+def load(
+    iceberg: IcebergResource, ticks: int, batches: int, days: int, lean: bool
+) -> tuple[int, float, list[tuple[str, int]]]:
     """Append `ticks` over `days` sessions in `batches` micro-batches; returns (rows, seconds, (symbol, hour) list)."""
-    table = iceberg.ensure_table(TICKS)
+    table_def = dataclasses.replace(TICKS, properties={**TICKS.properties, **LEAN_METRICS}) if lean else TICKS
+    table = iceberg.ensure_table(table_def)
     schema = table.schema().as_arrow()
     per_day = ticks // days
     batches_per_day = max(1, batches // days)
@@ -108,13 +120,17 @@ def main() -> None:
     parser.add_argument("--queries-before", type=int, default=50, help="point queries before (they are slow)")
     parser.add_argument("--quick", action="store_true", help="2M ticks, 100 batches, 5 sessions")
     parser.add_argument("--home", type=Path, default=None, help="directory for the catalog (default: a temp dir)")
+    parser.add_argument("--lean-metrics", action="store_true", help="column metrics only on symbol, time, sequence")
     args = parser.parse_args()
     if args.quick:
         args.ticks, args.batches, args.days = 2_000_000, 100, 5
     home = args.home or Path(tempfile.mkdtemp(prefix="k2-bench-maint-"))
     iceberg = IcebergResource(catalog_uri=f"sqlite:///{home}/catalog.db", warehouse=(home / "warehouse").as_uri())
-    print(f"loading {args.ticks:,} ticks in {args.batches} micro-batches over {args.days} sessions into {home}")
-    rows, load_s, hours = load(iceberg, args.ticks, args.batches, args.days)
+    metrics = "lean column metrics" if args.lean_metrics else "default column metrics"
+    print(
+        f"loading {args.ticks:,} ticks in {args.batches} micro-batches over {args.days} sessions ({metrics}) into {home}"
+    )
+    rows, load_s, hours = load(iceberg, args.ticks, args.batches, args.days, args.lean_metrics)
     rng = np.random.default_rng(7)
     probes = [hours[i] for i in rng.choice(len(hours), size=max(args.queries, args.queries_before) + 3)]
 
