@@ -3,8 +3,8 @@ schedules. Each materialisation records what it did as metadata (files, bytes, s
 
 import datetime as dt
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import dagster as dg
 from pyiceberg.exceptions import NoSuchNamespaceError
@@ -13,9 +13,11 @@ from pyiceberg.table import Table
 from k2_assets.maintenance.compaction import MB, CompactionPolicy, compact_table
 from k2_assets.maintenance.expiry import ExpiryPolicy, expire_table
 from k2_assets.maintenance.orphans import remove_orphans
+from k2_resources.errors import K2Error, MaintenanceError
 from k2_resources.iceberg import IcebergResource
 
 GROUP = "maintenance"
+R = TypeVar("R")
 COMPACTION_JOB = "compaction_job"
 EXPIRE_SNAPSHOTS_JOB = "expire_snapshots_job"
 REMOVE_ORPHAN_FILES_JOB = "remove_orphan_files_job"
@@ -30,6 +32,26 @@ def maintained_tables(iceberg: IcebergResource, names: Sequence[str]) -> list[Ta
         return []
     wanted = list(names) or sorted(existing)
     return [catalog.load_table(existing[n]) for n in wanted if n in existing]
+
+
+def _each(
+    context: dg.AssetExecutionContext, tables: list[Table], work: Callable[[Table], R], failures: list[str]
+) -> Iterator[R]:
+    """`work` on every table; a table that fails is logged and recorded, and the others still run."""
+    for table in tables:
+        try:
+            yield work(table)
+        except K2Error as exc:
+            name = ".".join(table.name())
+            context.log.error(f"{name}: {type(exc).__name__}: {exc}")
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+
+
+def _fail_if(failures: list[str], what: str) -> None:
+    if failures:
+        raise MaintenanceError(
+            f"{what} failed on {len(failures)} table(s), the others completed: {'; '.join(failures)}"
+        )
 
 
 def _markdown(rows: list[dict[str, Any]]) -> dg.MetadataValue:
@@ -75,10 +97,11 @@ def compaction(
     rows: list[dict[str, Any]] = []
     totals = {"files_before": 0, "files_after": 0, "bytes_rewritten": 0, "rows_rewritten": 0, "given_up": 0}
     snapshots_before = snapshots_after = 0
-    for table in maintained_tables(iceberg, config.tables):
-        snapshots_before += len(table.snapshots())
-        result = compact_table(table, policy, dry_run=config.dry_run)
-        snapshots_after += len(table.snapshots())
+    failures: list[str] = []
+    tables = maintained_tables(iceberg, config.tables)
+    for result in _each(context, tables, lambda t: compact_table(t, policy, dry_run=config.dry_run), failures):
+        snapshots_before += result.snapshots_before
+        snapshots_after += result.snapshots_after
         if result.skipped:
             context.log.info(f"{result.table}: skipped, {result.skipped}")
         for label, why in result.given_up.items():
@@ -101,6 +124,7 @@ def compaction(
             }
         )
     seconds = time.perf_counter() - started
+    _fail_if(failures, "compaction")
     return dg.MaterializeResult(
         metadata={
             **totals,
@@ -138,8 +162,9 @@ def expire_snapshots(
     rows: list[dict[str, Any]] = []
     totals = {"snapshots_before": 0, "snapshots_after": 0, "snapshots_expired": 0, "files_deleted": 0}
     totals.update({"bytes_deleted": 0, "files_not_deleted": 0})
-    for table in maintained_tables(iceberg, config.tables):
-        result = expire_table(table, policy, dry_run=config.dry_run)
+    failures: list[str] = []
+    tables = maintained_tables(iceberg, config.tables)
+    for result in _each(context, tables, lambda t: expire_table(t, policy, dry_run=config.dry_run), failures):
         files = result.data_files_deleted + result.manifests_deleted + result.manifest_lists_deleted
         if result.not_deleted:
             context.log.warning(f"{result.table}: could not delete {len(result.not_deleted)} files (orphans now)")
@@ -158,6 +183,7 @@ def expire_snapshots(
                 "MB deleted": round(result.bytes_deleted / MB, 1),
             }
         )
+    _fail_if(failures, "snapshot expiry")
     return dg.MaterializeResult(
         metadata={
             **totals,
@@ -190,8 +216,11 @@ def remove_orphan_files(
     rows: list[dict[str, Any]] = []
     found: list[str] = []
     totals = {"files_listed": 0, "orphans_found": 0, "orphans_deleted": 0, "bytes_deleted": 0, "too_young": 0}
-    for table in maintained_tables(iceberg, config.tables):
-        result = remove_orphans(table, older_than=window, dry_run=config.dry_run)
+    failures: list[str] = []
+    tables = maintained_tables(iceberg, config.tables)
+    for result in _each(
+        context, tables, lambda t: remove_orphans(t, older_than=window, dry_run=config.dry_run), failures
+    ):
         found += [o.path for o in result.orphans]
         totals["files_listed"] += result.files_listed
         totals["orphans_found"] += len(result.orphans)
@@ -207,6 +236,7 @@ def remove_orphan_files(
                 "MB deleted": round(result.bytes_deleted / MB, 1),
             }
         )
+    _fail_if(failures, "orphan removal")
     if found:
         context.log.info(f"{len(found)} orphan files ({'listed' if config.dry_run else 'deleted'})")
     return dg.MaterializeResult(

@@ -91,6 +91,8 @@ class CompactionResult:
     bytes_rewritten: int = 0
     bytes_written: int = 0
     rows_rewritten: int = 0
+    snapshots_before: int = 0
+    snapshots_after: int = 0
     commit_attempts: int = 0
     waits: int = 0  # polls spent waiting for a staged write-audit-publish batch
     snapshot_id: int | None = None
@@ -287,6 +289,7 @@ def compact_table(
     live = live_files(table)
     result = CompactionResult(table=".".join(table.name()), dry_run=dry_run)
     result.files_before = result.files_after = len(live.data_files())
+    result.snapshots_before = result.snapshots_after = len(table.snapshots())
     if table.properties.get(APPEND_ONLY_PROPERTY) == "true":
         result.skipped = f"{APPEND_ONLY_PROPERTY}=true: the table promises never to rewrite its files"
         result.seconds = time.perf_counter() - started
@@ -324,6 +327,7 @@ def compact_table(
     result.bytes_written = sum(int(f.file_size_in_bytes) for r in committed for f in r.outputs)
     result.rows_rewritten = sum(r.rows for r in committed)
     result.files_after = len(live_files(table).data_files())
+    result.snapshots_after = len(table.snapshots())
     result.seconds = time.perf_counter() - started
     return result
 

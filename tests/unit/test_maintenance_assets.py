@@ -10,9 +10,11 @@ import dagster as dg
 from k2_assets.definitions import build_definitions
 from k2_assets.maintenance.assets import compaction, expire_snapshots, remove_orphan_files
 from k2_assets.maintenance.compaction import CompactionPolicy, compact_table
+from k2_assets.maintenance.files import live_files
 from k2_assets.maintenance.health import lakehouse_health, table_health
 from k2_resources.env import load_settings
-from tests.unit.test_maintenance_support import catalog_in, ticks_table
+from k2_resources.tables import TICKS, TableDef
+from tests.unit.test_maintenance_support import append_batches, catalog_in, tick_rows, ticks_table
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
@@ -81,3 +83,34 @@ def test_table_health_shows_small_files_before_compaction_and_not_after(tmp_path
     assert after["snapshots"] == before["snapshots"] + 2
     assert after["avg_file_bytes"] > before["avg_file_bytes"]
     assert [h["table"] for h in lakehouse_health(catalog_in(tmp_path), policy)] == ["market_data.ticks"]
+
+
+def test_a_table_that_fails_does_not_stop_the_others_and_fails_the_run(
+    tmp_path: Path, dagster_instance: dg.DagsterInstance
+) -> None:
+    table, _ = ticks_table(tmp_path)
+    iceberg = catalog_in(tmp_path)
+    unsafe = iceberg.ensure_table(
+        TableDef(
+            name="a_unsafe",  # sorts before ticks: it fails first
+            schema=TICKS.schema,
+            partition_spec=TICKS.partition_spec,
+            properties={**TICKS.properties, "commit.retry.num-retries": "4"},
+        )
+    )
+    append_batches(unsafe, tick_rows(unsafe, 3_000), 3)
+    files_before = len(live_files(table).data_files())
+
+    result = dg.materialize(
+        [compaction],
+        resources={"iceberg": iceberg},
+        instance=dagster_instance,
+        run_config={"ops": {"compaction": {"config": {"max_files_per_partition": 2, "min_avg_file_mb": 0.0}}}},
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    failure = result.failure_data_for_node("compaction")
+    assert failure is not None and "a_unsafe" in str(failure.error) and "MaintenanceError" in str(failure.error)
+    table.refresh()
+    assert len(live_files(table).data_files()) < files_before
