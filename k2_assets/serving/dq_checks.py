@@ -33,16 +33,22 @@ def changed_days(metadata: dict[str, Any]) -> list[str]:
 
 def bars_frame(bars: pl.DataFrame, derivative_symbols: frozenset[str]) -> Any:
     frame = bars.with_columns(
+        pl.col("window_start").alias("window_start_us"),
         pl.from_epoch("window_start", time_unit="us"),
         *[(pl.col(c) / 1_000_000).alias(c) for c in PRICE_COLUMNS],
         pl.col("symbol").is_in(list(derivative_symbols)).fill_null(False).alias("is_derivative"),
     ).select(
-        "exchange", "symbol", "trading_date", "window_start", *PRICE_COLUMNS, "volume", "trade_count", "is_derivative"
+        pl.col("exchange").cast(pl.Categorical),  # GE pickles its input: categoricals are cheap, strings not
+        pl.col("symbol").cast(pl.Categorical),
+        "trading_date",
+        "window_start",
+        "window_start_us",
+        *PRICE_COLUMNS,
+        "volume",
+        "trade_count",
+        "is_derivative",
     )
-    out = frame.to_pandas()
-    for column in ("exchange", "symbol"):
-        out[column] = out[column].astype(object)
-    return out
+    return frame.to_pandas()
 
 
 @dg.asset_check(
@@ -70,7 +76,7 @@ def bars_quality_gate(
     session_open, session_close = session_window(
         [(c, dt.date.fromisoformat(d)) for c in codes for d in days], config.gate.session_grace_us
     )
-    parameters = {"session_open": session_open, "session_close": session_close}
+    parameters = {"session_open_us": session_open, "session_close_us": session_close}
     outcome = run_suite(
         "bars",
         bars_frame(bars, config.rules.derivative_symbols),

@@ -75,13 +75,10 @@ class GateResult:
         return next((s.docs_index for s in self.suites if s.docs_index is not None), None)
 
 
-def _naive_utc(ts_us: int) -> str:
-    return dt.datetime.fromtimestamp(ts_us / 1_000_000, dt.UTC).replace(tzinfo=None).isoformat()
-
-
-def session_window(days: Iterable[tuple[str, dt.date]], grace_us: int) -> tuple[str, str]:
+def session_window(days: Iterable[tuple[str, dt.date]], grace_us: int) -> tuple[int, int]:
     """From the earliest session open to the latest session close of these (exchange, trading date)s, widened by the
-    grace (auctions). A date that is no session of its exchange contributes nothing: ticks on it fall outside."""
+    grace (auctions), in UTC microseconds. A date that is no session of its exchange contributes nothing: ticks on
+    it fall outside."""
     opens, closes = [], []
     for code, day in set(days):
         if code not in EXCHANGES:
@@ -98,13 +95,14 @@ def session_window(days: Iterable[tuple[str, dt.date]], grace_us: int) -> tuple[
         opens.append(int(cal.session_open(session).value // 1000))
         closes.append(int(cal.session_close(session).value // 1000))
     if not opens:
-        return _naive_utc(0), _naive_utc(0)
-    return _naive_utc(min(opens) - grace_us), _naive_utc(max(closes) + grace_us)
+        return 0, 0
+    return min(opens) - grace_us, max(closes) + grace_us
 
 
 def ticks_frame(rows: pl.DataFrame, derivative_symbols: frozenset[str]) -> pd.DataFrame:
     """The staged rows (integer space) as GE sees them: natural types (naive UTC datetimes, float prices for the
-    range checks only) plus trading_date, is_derivative and sequence_step."""
+    range checks only) plus trading_date, is_derivative, sequence_step and exchange_ts_us. trade_id, ingest_ts and
+    conditions are left out: the Iceberg schema types them, and GE pickles its input (list columns cost seconds)."""
     frame = rows.with_columns(trading_dates(rows)).with_columns(
         pl.col("symbol").is_in(list(derivative_symbols)).fill_null(False).alias("is_derivative")
     )
@@ -113,15 +111,21 @@ def ticks_frame(rows: pl.DataFrame, derivative_symbols: frozenset[str]) -> pd.Da
         .over("exchange", "symbol", "trading_date")
         .alias("sequence_step")
     )
-    frame = frame.with_columns(
+    # Strings as categoricals: GE pickles its input, and a million Python strings cost it seconds.
+    frame = frame.select(
+        pl.col("exchange").cast(pl.Categorical),
+        pl.col("symbol").cast(pl.Categorical),
+        "sequence",
         pl.from_epoch("exchange_ts", time_unit="us"),
-        pl.from_epoch("ingest_ts", time_unit="us"),
+        pl.col("exchange_ts").alias("exchange_ts_us"),
         (pl.col("price") / 1_000_000).alias("price"),
+        "volume",
+        pl.col("side").cast(pl.Categorical),
+        "trading_date",
+        "is_derivative",
+        "sequence_step",
     )
-    out = frame.to_pandas()
-    for column in ("exchange", "symbol", "trade_id", "side"):
-        out[column] = out[column].astype(object)
-    return out
+    return frame.to_pandas()
 
 
 def batch_frame(counts: BatchCounts) -> pd.DataFrame:
@@ -144,7 +148,7 @@ def check_batch(staged: pl.DataFrame, counts: BatchCounts, config: GateConfig, *
 
     days = staged.select("exchange", trading_dates(staged)).unique().drop_nulls()
     session_open, session_close = session_window(days.iter_rows(), config.session_grace_us)
-    row_params = {"session_open": session_open, "session_close": session_close}
+    row_params = {"session_open_us": session_open, "session_close_us": session_close}
     batch_params = {"quarantine_ceiling": config.quarantine_ceiling}
     rows = run_suite(
         TICKS_SUITE,
