@@ -54,15 +54,19 @@ def flag_anomalies(
     else:
         groups = groups.with_columns(pl.lit(None, pl.Int64).alias("_carried"))
     groups = groups.select("_g", pl.coalesce("_carried", "_median").alias("_seed"))
-    # Rows of a symbol together, in arrival order inside the group (a stable sort on the code alone).
-    frame = (
-        frame.select("_g", "_pos", "price")
-        .sort("_g", maintain_order=True)
-        .join(groups, on="_g", how="left", maintain_order="left")
-    )
-    price = frame["price"].to_numpy()
-    starts = frame.select(pl.col("_g").ne_missing(pl.col("_g").shift(1))).to_series().fill_null(True).to_numpy()
-    seed = frame["_seed"].fill_null(_NO_REF).to_numpy()
+    # Rows of a symbol together, in arrival order inside the group: a stable argsort of the group code (numpy radix
+    # sorts 16-bit keys), and each row's seed looked up in a table indexed by the code.
+    codes = frame["_g"].cast(pl.Int64).fill_null(-1).to_numpy() + 1  # 0: no group (never in validated rows)
+    narrow_codes = codes.astype(np.uint16) if codes.max() < 2**16 else codes
+    order = np.argsort(narrow_codes, kind="stable")
+    table = np.full(int(codes.max()) + 1, _NO_REF, dtype=np.int64)
+    seeds = groups.filter(pl.col("_seed").is_not_null())
+    table[seeds["_g"].cast(pl.Int64).to_numpy() + 1] = seeds["_seed"].to_numpy()
+    sorted_codes = codes[order]
+    price = frame["price"].to_numpy()[order]
+    seed = table[sorted_codes]
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = sorted_codes[1:] != sorted_codes[:-1]
     valid = np.ones(frame.height, dtype=bool)
     anomaly, reference, changed = ~valid, price, ~valid
     settled = False
@@ -78,7 +82,7 @@ def flag_anomalies(
         unsettled = pl.DataFrame({"g": group, "c": changed}).select(pl.col("c").cum_max().over("g")).to_series()
         anomaly = anomaly | unsettled.to_numpy()
     # Back to the callers' row order.
-    position = frame["_pos"].to_numpy()
+    position = order
     out_anomaly = np.empty_like(anomaly)
     out_reference = np.empty_like(reference)
     out_anomaly[position] = anomaly
