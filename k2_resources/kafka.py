@@ -158,8 +158,10 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
         try:
             consumer.assign([TopicPartition(r.topic, r.partition, r.start) for r in wanted])
             last_progress = time.monotonic()
+            remaining = sum(r.size for r in wanted)
             while pending:
-                messages = consumer.consume(num_messages=100_000, timeout=0.5)
+                # consume() waits out its timeout unless num_messages arrive: never ask for more than is left.
+                messages = consumer.consume(num_messages=max(1, min(100_000, remaining)), timeout=0.5)
                 if not messages:
                     if time.monotonic() - last_progress > self.request_timeout_s:
                         missing = ", ".join(f"{t}[{p}]" for t, p in sorted(pending))
@@ -182,6 +184,7 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
                 if messages:
                     batch = _records_table(messages, stops)
                     batches.append(batch)
+                    remaining -= batch.num_rows
                     pending -= _reached(batch, stops)
         finally:
             consumer.close()

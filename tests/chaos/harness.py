@@ -78,9 +78,13 @@ class Lake:
 
     def produce(self, n: int = BATCH, seed: int | None = None, faults: FaultRates | None = None) -> set[Position]:
         feed = generate(n, seed=seed if seed is not None else next(_ids), day=SESSION, faults=faults or FaultRates())
-        result = produce_feed(self.kafka, self.topic, feed, FileSchemaStore(), self.settings.topic_partitions)
-        positions = {(self.topic, p, o) for p, o in result.positions}
-        assert len(positions) == n, "the producer reported fewer distinct positions than records"
+        settings = self.settings
+        topic = settings.tick_topic
+        result = produce_feed(
+            KafkaResource.from_settings(settings), topic, feed, FileSchemaStore(), settings.topic_partitions
+        )
+        positions = {(topic, p, o) for p, o in result.positions}
+        assert len(positions) == result.records, "the producer reported fewer distinct positions than records"
         self.produced |= positions
         return positions
 

@@ -15,7 +15,7 @@ from tests.chaos.harness import BATCH, ChaosMatrix, make_lake
 
 pytestmark = pytest.mark.chaos
 
-STOP_TIMEOUT_S = 3.0  # SIGTERM, then SIGKILL: a broker that goes away, cleanly or not
+STOP_TIMEOUT_S = 1.0  # SIGTERM, then SIGKILL: a broker that goes away, cleanly or not
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +36,13 @@ def test_a_broker_stopped_mid_run_and_restarted_loses_and_duplicates_nothing(
     lake.ingest()
     lake.produce()
 
-    in_flight = lake.ingest(before_commit=lambda: own_broker.stop(timeout_s=STOP_TIMEOUT_S))
+    impatient = KafkaResource(bootstrap_servers=own_broker.bootstrap, request_timeout_s=2.0, group_commit_timeout_s=1.0)
+    in_flight = lake.ingest(before_commit=lambda: own_broker.stop(timeout_s=STOP_TIMEOUT_S), kafka=impatient)
     assert in_flight.outcome.rows_appended == BATCH
     assert in_flight.group_commit_error is not None, "the informational group commit cannot reach a stopped broker"
 
-    down = KafkaResource(bootstrap_servers=own_broker.bootstrap, request_timeout_s=3.0)
     with pytest.raises(BrokerUnavailableError):
-        lake.ingest(kafka=down)
+        lake.ingest(kafka=impatient)
 
     own_broker.start()
     lake.produce()  # the log continues where it was
