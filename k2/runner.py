@@ -11,6 +11,7 @@ from rich.console import Console
 from k2_assets.ticks.planning import ranges_to_config
 from k2_assets.ticks.sensors import INGEST_JOB, plan_next_batch
 from k2_resources.env import Settings
+from k2_resources.errors import BatchFailedError
 from k2_resources.iceberg import IcebergResource
 from k2_resources.kafka import KafkaResource
 from k2_resources.pipeline import PipelineResource
@@ -24,6 +25,17 @@ class RunSummary:
 
     def __str__(self) -> str:
         return f"{self.batches} batch(es), {self.ticks_planned:,} Kafka records planned"
+
+
+def describe_failures(result: dg.ExecuteInProcessResult) -> str:
+    """Each failed step with the first line of its error (a failed blocking check names its expectation)."""
+    parts = []
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            error = event.step_failure_data.error
+            message = error.message.strip().splitlines()[0] if error is not None and error.message else "unknown"
+            parts.append(f"{event.step_key}: {message}")
+    return "; ".join(parts) or "see the run in the Dagster UI"
 
 
 def run_until_caught_up(
@@ -55,7 +67,14 @@ def run_until_caught_up(
             run_config={"ops": {"raw_ticks": {"config": {"ranges": ranges_to_config(ranges)}}}},
             instance=instance,
             tags={"k2/launched-by": "k2 run"},
+            raise_on_error=False,
         )
+        if not result.success:
+            raise BatchFailedError(
+                f"ingest_job run {result.run_id} failed: {describe_failures(result)}. "
+                "Committed watermarks are unchanged for what did not publish; fix the cause and "
+                "run `k2 run` again (it re-plans from Iceberg)."
+            )
         summary.batches += 1
         summary.ticks_planned += size
         summary.run_ids.append(result.run_id)

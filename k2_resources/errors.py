@@ -47,6 +47,10 @@ class OffsetGapError(OffsetRangeError):
     """A range starts past the committed watermark: committing it would leave a hole."""
 
 
+class BatchFailedError(K2Error):
+    """A run of the ingest job failed; nothing past the committed watermarks was published, so a re-run retries."""
+
+
 class CommitConflictError(K2Error):
     """Another writer kept winning the race for the table; the batch was not committed."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -380,7 +381,9 @@ class FileTickLog(TickLog):
         path = self._path(topic)
         if not path.exists():
             return RECORD_SCHEMA.empty_table()
-        with pa.memory_map(str(path)) as source:
+        # Read into memory (not a memory map): produce() rewrites this file, which would pull the pages from under
+        # a live map.
+        with pa.OSFile(str(path)) as source:
             return pa.ipc.open_file(source).read_all()
 
     def ensure_topic(self, topic: str, partitions: int) -> None:
@@ -432,8 +435,10 @@ class FileTickLog(TickLog):
             schema=RECORD_SCHEMA,
         )
         combined = pa.concat_tables([existing, new])
-        with pa.OSFile(str(self._path(topic)), "wb") as sink, pa.ipc.new_file(sink, RECORD_SCHEMA) as writer:
+        staging = self._path(topic).with_suffix(".arrow.tmp")
+        with pa.OSFile(str(staging), "wb") as sink, pa.ipc.new_file(sink, RECORD_SCHEMA) as writer:
             writer.write_table(combined)
+        os.replace(staging, self._path(topic))  # atomic: a reader sees the old log or the new one
         return list(zip(partitions, offsets, strict=True))
 
 
