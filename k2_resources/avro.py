@@ -92,6 +92,7 @@ def encode_ticks(rows: Sequence[dict[str, Any]], store: SchemaStore, schema_id: 
         out.append(header + buf.getvalue())
     return out
 
+
 @cache
 def _arrow_types() -> dict[str, pa.DataType]:
     """The Arrow type of each tick column (computed on first use: nothing runs at import)."""

@@ -19,8 +19,8 @@ from k2_resources.schemas import FileSchemaStore
 SESSION = dt.date(2026, 11, 25)
 
 
-def produce(settings: Settings, n: int, seed: int = 7, faults: FaultRates = FaultRates()) -> ProduceResult:
-    feed = generate(n, seed=seed, day=SESSION, faults=faults)
+def produce(settings: Settings, n: int, seed: int = 7, faults: FaultRates | None = None) -> ProduceResult:
+    feed = generate(n, seed=seed, day=SESSION, faults=faults or FaultRates())
     kafka = KafkaResource.from_settings(settings)
     return produce_feed(kafka, settings.tick_topic, feed, FileSchemaStore(), settings.topic_partitions)
 

@@ -139,7 +139,9 @@ class TwoSchemaStore(SchemaStore):
 def test_a_batch_mixing_schema_ids_decodes_each_with_its_writer_schema() -> None:
     store = TwoSchemaStore()
     v1 = reference_encode([_tick(sequence=1)], TICK_SCHEMA, 1)
-    v2 = reference_encode([{**_tick(sequence=2), "venue": "CXA"}, {**_tick(sequence=3), "venue": None}], store.EVOLVED, 2)
+    v2 = reference_encode(
+        [{**_tick(sequence=2), "venue": "CXA"}, {**_tick(sequence=3), "venue": None}], store.EVOLVED, 2
+    )
     v3 = reference_encode([{"symbol": "CBA", "meta": {"x": 5}}], store.NESTED, 3)
     decoded, errors = decode_column(pa.array([v2[0], *v1, v3[0], v2[1], b"\x00\x00\x00\x00\x07rest"]), store)
     assert errors.to_pylist()[:4] == [None, None, None, None]

@@ -25,7 +25,12 @@ def test_one_minute_bar_matches_a_hand_computed_example() -> None:
     bars = bars_1m(ticks, "Australia/Sydney")
     first = bars.row(0, named=True)
     assert first["window_start"] == T0
-    assert (first["open"], first["high"], first["low"], first["close"]) == (45_000_000, 45_200_000, 44_900_000, 45_200_000)
+    assert (first["open"], first["high"], first["low"], first["close"]) == (
+        45_000_000,
+        45_200_000,
+        44_900_000,
+        45_200_000,
+    )
     assert (first["volume"], first["trade_count"]) == (1_000, 4)
     # (45.0*200 + 44.9*300 + 45.1*100 + 45.2*400) / 1000 = 45.06
     assert first["vwap"] == 45_060_000
@@ -42,6 +47,13 @@ def test_one_minute_bar_matches_a_hand_computed_example() -> None:
 
 def test_vwap_is_null_for_a_minute_with_zero_volume() -> None:
     ticks = pl.DataFrame(
-        {"exchange": ["ASX"], "symbol": ["X"], "sequence": [1], "exchange_ts": [T0], "price": [1_000_000], "volume": [0]}
+        {
+            "exchange": ["ASX"],
+            "symbol": ["X"],
+            "sequence": [1],
+            "exchange_ts": [T0],
+            "price": [1_000_000],
+            "volume": [0],
+        }
     )
     assert bars_1m(ticks, "Australia/Sydney")["vwap"].to_list() == [None]
