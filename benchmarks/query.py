@@ -41,11 +41,12 @@ from k2.feed.simulator import Feed, generate
 from k2.query import Client
 from k2.query.engine import QueryLimits
 from k2_resources.arrow_util import conform
-from k2_resources.broker import LocalKafkaBroker, free_port
+from k2_resources.broker import LocalKafkaBroker
 from k2_resources.env import Settings, load_settings
 from k2_resources.errors import K2Error
 from k2_resources.iceberg import WATERMARK_PROPERTY, IcebergResource, encode_watermarks
 from k2_resources.kafka import KafkaResource
+from k2_resources.local_process import free_port
 from k2_resources.metrics import QueryMetrics
 from k2_resources.schemas import FileSchemaStore
 from k2_resources.tables import BARS_1M, TICKS

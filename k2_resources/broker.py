@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -17,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from k2_resources.errors import BrokerError, BrokerUnavailableError, PortInUseError, ToolchainMissingError
+from k2_resources.local_process import live_pid, port_open, stop_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INFRA_DIR = REPO_ROOT / "infra" / "kafka"
@@ -27,18 +26,6 @@ def _require(program: str, hint: str) -> str:
     if path is None:
         raise ToolchainMissingError(f"`{program}` is not on PATH: {hint}")
     return path
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ensure_jars(libs_dir: Path) -> Path:
@@ -98,18 +85,10 @@ class LocalKafkaBroker:
         return self.data_dir / "server.log"
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return live_pid(self.pid_file)
 
     def is_running(self) -> bool:
-        return self.pid() is not None and _port_open(self.port)
+        return self.pid() is not None and port_open(self.port)
 
     def _write_config(self) -> Path:
         template = (INFRA_DIR / "server.properties").read_text()
@@ -145,7 +124,7 @@ class LocalKafkaBroker:
             return
         assert self.controller_port is not None
         for port in (self.port, self.controller_port):
-            if _port_open(port):
+            if port_open(port):
                 raise PortInUseError(
                     f"port {port} on 127.0.0.1 is taken by another process; stop it or set K2_KAFKA_PORT to a free port"
                 )
@@ -182,7 +161,7 @@ class LocalKafkaBroker:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BrokerError(f"the broker exited with code {proc.returncode}; see {self.log_file}")
-            if _port_open(self.port) and _metadata_answers(self.bootstrap):
+            if port_open(self.port) and _metadata_answers(self.bootstrap):
                 return
             time.sleep(0.3)
         self.stop()
@@ -191,21 +170,7 @@ class LocalKafkaBroker:
         )
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
+        stop_group(self.pid_file, timeout_s)
 
 
 def _cluster_id() -> str:

@@ -12,7 +12,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from k2_resources.errors import PostgresError, ToolchainMissingError
+from k2_resources.local_process import port_open
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -40,12 +40,6 @@ def pg_bindir() -> Path:
     if found is None:
         raise ToolchainMissingError(f"no PostgreSQL server binaries (pg_ctl) found: {INSTALL_HINT}")
     return Path(found).parent
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -130,12 +124,12 @@ class LocalPostgres:
             raise PostgresError(f"initdb failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
     def is_running(self) -> bool:
-        return (self.pgdata / "postmaster.pid").exists() and _port_open(self.port)
+        return (self.pgdata / "postmaster.pid").exists() and port_open(self.port)
 
     def start(self) -> None:
         if self.is_running():
             return
-        if _port_open(self.port):
+        if port_open(self.port):
             raise PostgresError(f"port {self.port} on 127.0.0.1 is taken by another process; choose another port")
         self._prepare_dir()
         self._initdb()
@@ -162,7 +156,7 @@ class LocalPostgres:
             log = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
             raise PostgresError(f"PostgreSQL did not start:\n{result.stdout}{result.stderr}\n{log}")
         deadline = time.monotonic() + self.startup_timeout_s
-        while not _port_open(self.port):
+        while not port_open(self.port):
             if time.monotonic() > deadline:
                 raise PostgresError(f"PostgreSQL did not listen on 127.0.0.1:{self.port}; see {self.log_file}")
             time.sleep(0.1)

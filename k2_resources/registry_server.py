@@ -9,11 +9,8 @@ else an in-memory H2 database. The Confluent API lives under `<url>/apis/ccompat
 from __future__ import annotations
 
 import glob
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import tarfile
 import time
@@ -22,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from k2_resources.errors import RegistryError, ToolchainMissingError
+from k2_resources.local_process import free_port, live_pid, stop_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INFRA_DIR = REPO_ROOT / "infra" / "registry"
@@ -84,12 +82,6 @@ def ensure_distribution(dist_dir: Path) -> Path:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class LocalSchemaRegistry:
     """One Apicurio Registry process. `jdbc_url` (jdbc:postgresql://...) selects PostgreSQL storage."""
@@ -120,12 +112,7 @@ class LocalSchemaRegistry:
         return self.data_dir / "registry.log"
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return None
-        return pid
+        return live_pid(self.pid_file)
 
     def answers(self) -> bool:
         try:
@@ -143,7 +130,7 @@ class LocalSchemaRegistry:
             "quarkus.http.host": "127.0.0.1",
             "quarkus.http.port": str(self.port),
             "quarkus.management.host": "127.0.0.1",
-            "quarkus.management.port": str(_free_port()),
+            "quarkus.management.port": str(free_port()),
             "apicurio.storage.snapshot.location": str(self.data_dir),
             "apicurio.datasource.jdbc.initial-size": "2",
             "apicurio.datasource.jdbc.min-size": "2",
@@ -188,21 +175,5 @@ class LocalSchemaRegistry:
         raise RegistryError(f"the registry did not answer within {self.startup_timeout_s:.0f}s; see {self.log_file}")
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                break
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            os.killpg(pid, signal.SIGKILL)
+        stop_group(self.pid_file, timeout_s, self._proc)
         self._proc = None
-        self.pid_file.unlink(missing_ok=True)

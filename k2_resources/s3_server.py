@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from k2_resources.errors import ObjectStoreError
+from k2_resources.local_process import free_port, live_pid, port_open, stop_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"  # keep in step with infra/s3/go.mod
@@ -32,18 +31,6 @@ def seaweedfs_binary() -> Path | None:
     """The cached `weed` binary built by infra/s3/build-seaweedfs, if any."""
     path = SEAWEEDFS_CACHE / "weed"
     return path if path.is_file() and os.access(path, os.X_OK) else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -93,15 +80,10 @@ class LocalObjectStore:
         }
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return None
-        return pid
+        return live_pid(self.pid_file)
 
     def is_running(self) -> bool:
-        return self.pid() is not None and _port_open(self.port)
+        return self.pid() is not None and port_open(self.port)
 
     def _command(self) -> list[str]:
         if self.kind == "moto":
@@ -124,7 +106,7 @@ class LocalObjectStore:
             )
         )
         ports = self._ports or {
-            name: _free_port()
+            name: free_port()
             for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc", "admin")
         }
         self._ports = ports
@@ -138,7 +120,7 @@ class LocalObjectStore:
             f"-s3.port={self.port}",
             *(f"-{name}.port={port}" for name, port in ports.items() if not name.endswith(".grpc")),
             *(f"-{name.split('.')[0]}.port.grpc={port}" for name, port in ports.items() if name.endswith(".grpc")),
-            f"-admin.port.grpc={_free_port()}",
+            f"-admin.port.grpc={free_port()}",
             "-admin.port.legacy=0",
             "-admin.ui=false",
             "-s3.port.iceberg=0",
@@ -152,7 +134,7 @@ class LocalObjectStore:
     def start(self) -> None:
         if self.is_running():
             return
-        if _port_open(self.port):
+        if port_open(self.port):
             raise ObjectStoreError(f"port {self.port} on 127.0.0.1 is taken by another process; choose another port")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_file.open("ab")
@@ -165,7 +147,7 @@ class LocalObjectStore:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ObjectStoreError(f"{self.kind} exited with code {proc.returncode}; see {self.log_file}")
-            if _port_open(self.port) and self._bucket_ready():
+            if port_open(self.port) and self._bucket_ready():
                 return
             time.sleep(0.3)
         self.stop()
@@ -196,21 +178,5 @@ class LocalObjectStore:
         return True
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                break  # our own child: reaped
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            os.killpg(pid, signal.SIGKILL)
+        stop_group(self.pid_file, timeout_s, self._proc)
         self._proc = None
-        self.pid_file.unlink(missing_ok=True)

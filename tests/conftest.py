@@ -12,8 +12,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from k2_resources.broker import LocalKafkaBroker, free_port
+from k2_resources.broker import LocalKafkaBroker
 from k2_resources.env import Settings, load_settings
+from k2_resources.local_process import free_port
 from k2_resources.postgres import LocalPostgres
 from k2_resources.registry_server import LocalSchemaRegistry
 from k2_resources.s3_server import LocalObjectStore

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from k2_resources.broker import LocalKafkaBroker, free_port
+from k2_resources.broker import LocalKafkaBroker
 from k2_resources.errors import BrokerUnavailableError
 from k2_resources.kafka import KafkaResource
+from k2_resources.local_process import free_port
 from tests.chaos.harness import BATCH, ChaosMatrix, make_lake
 
 pytestmark = pytest.mark.chaos

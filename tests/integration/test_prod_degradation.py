@@ -13,10 +13,11 @@ from k2.feed.producer import produce_feed
 from k2.feed.simulator import Feed, generate
 from k2_assets.definitions import build_definitions, resources_for
 from k2_assets.ticks.sensors import INGEST_JOB, kafka_ticks_sensor
-from k2_resources.broker import LocalKafkaBroker, free_port
+from k2_resources.broker import LocalKafkaBroker
 from k2_resources.env import Settings
 from k2_resources.iceberg import IcebergResource
 from k2_resources.kafka import KafkaResource
+from k2_resources.local_process import free_port
 from k2_resources.postgres import LocalPostgres
 from k2_resources.schemas import FileSchemaStore
 from k2_resources.tables import BARS_1M

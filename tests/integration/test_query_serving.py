@@ -27,10 +27,11 @@ from k2.runner import run_until_caught_up
 from k2.serving.metrics import serve
 from k2.tags import create
 from k2_resources.avro import decode_values
-from k2_resources.broker import LocalKafkaBroker, free_port
+from k2_resources.broker import LocalKafkaBroker
 from k2_resources.env import Settings
 from k2_resources.iceberg import IcebergResource, OffsetRange, read_watermarks
 from k2_resources.kafka import KafkaResource
+from k2_resources.local_process import free_port
 from k2_resources.metrics import FigureStore
 from k2_resources.schemas import FileSchemaStore
 from tests.conftest import make_settings
