@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from k2.feed.producer import produce_feed
 from k2.feed.simulator import generate
 from k2.runner import run_until_caught_up
-from k2_resources.broker import LocalKafkaBroker, free_port
+from k2_resources.broker import LocalKafkaBroker
+from k2_resources.local_process import free_port
 from k2_resources.duckdb import connect
 from k2_resources.env import Settings, load_settings
 from k2_resources.iceberg import IcebergResource
