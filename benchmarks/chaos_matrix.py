@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_suite(reps: int, report: Path) -> tuple[int, float, str]:
     report.unlink(missing_ok=True)
+    report.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
         "-m",
@@ -39,8 +40,11 @@ def run_suite(reps: int, report: Path) -> tuple[int, float, str]:
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     summary = (done.stdout.strip().splitlines() or [""])[-1]
+    log = report.with_suffix(".log")
+    log.write_text(done.stdout + done.stderr)
     if done.returncode != 0:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-2000:])
+        failures = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR", "E "))]
+        sys.stderr.write("\n".join(failures[:40]) + f"\nfull pytest output: {log}\n")
     return done.returncode, time.perf_counter() - started, summary
 
 

@@ -320,9 +320,12 @@ def positions_from_reports(
 
 def _records_table(messages: list, stops: dict[tuple[str, int], int]) -> pa.Table:  # type: ignore[type-arg]
     """Consumed messages as RECORD_SCHEMA rows, keeping only offsets below each partition's stop."""
+    topics = {t for t, _ in stops}
     table = pa.table(
         {
-            "kafka_topic": pa.array([m.topic() for m in messages], pa.string()),
+            "kafka_topic": pa.repeat(pa.scalar(next(iter(topics)), pa.string()), len(messages))
+            if len(topics) == 1
+            else pa.array([m.topic() for m in messages], pa.string()),
             "kafka_partition": pa.array([m.partition() for m in messages], pa.int32()),
             "kafka_offset": pa.array([m.offset() for m in messages], pa.int64()),
             "kafka_ts": pc.multiply(pa.array([m.timestamp()[1] for m in messages], pa.int64()), 1000),
