@@ -53,6 +53,8 @@ def raw_ticks(
     context.log.info(
         f"raw_ticks: {out.rows_appended} rows appended, {len(out.ranges_skipped)} ranges already committed"
     )
+    if result.group_commit_error:  # informational only: Iceberg has the batch either way
+        context.log.warning(f"raw_ticks: consumer-group offsets not updated: {result.group_commit_error}")
     return dg.MaterializeResult(
         metadata={
             "rows_appended": out.rows_appended,
@@ -62,6 +64,7 @@ def raw_ticks(
             "ranges_already_committed": len(out.ranges_skipped),
             "snapshot_id": str(out.snapshot_id),
             "commit_attempts": out.attempts,
+            "group_offsets_committed": result.group_commit_error is None,
             "seconds": round(result.seconds, 3),
             "rows_per_second": round(out.rows_appended / result.seconds) if result.seconds > 0 else 0,
         }
