@@ -417,6 +417,12 @@ def encode_columns(schema: Mapping[str, Any], table: pa.Table, header: bytes) ->
     parts: list[pa.Array | pa.Scalar] = [pa.scalar(header, pa.binary())]
     for f in schema["fields"]:
         if f["name"] not in table.column_names:
+            # A writer with a newer schema writes a field's default for data that lacks it; the default of an
+            # optional field (a union led by null) is null: its branch index as a zigzag varint, the same every row.
+            branches = f["type"] if isinstance(f["type"], list) else []
+            if f.get("default", ...) is None and "null" in branches:
+                parts.append(pa.scalar(bytes([2 * branches.index("null")]), pa.binary()))
+                continue
             raise SchemaError(f"column {f['name']!r} of schema {schema.get('name')} is missing from the frame")
         column = table[f["name"]].combine_chunks()
         parts.append(_encode_value(f["type"], column, f"field {f['name']!r}"))

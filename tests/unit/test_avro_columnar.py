@@ -174,3 +174,20 @@ def _tick(**changes: Any) -> dict[str, Any]:
         "conditions": ["XT"],
     }
     return {**tick, **changes}
+
+
+def test_a_frame_without_an_optional_field_encodes_its_null_default() -> None:
+    """A producer framing with a newer schema id (an added optional field) still encodes older frames."""
+    store = TwoSchemaStore()
+    frame_ = pl.DataFrame([_tick(sequence=7)], schema=TICK_COLUMNS, orient="row")
+    value = encode_frame(frame_, store, 2)[0].as_py()
+    assert value[:5] == frame(2, b"")
+    assert (
+        fastavro.schemaless_reader(
+            io.BytesIO(value[5:]), fastavro.parse_schema(_strip_logical_types(store.EVOLVED)), None
+        )["venue"]
+        is None
+    )
+    decoded, errors = decode_values([value], store)
+    assert errors == [None]
+    assert decoded.row(0, named=True)["sequence"] == 7
