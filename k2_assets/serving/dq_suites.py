@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -136,6 +137,37 @@ def _column_of(kwargs: Mapping[str, Any]) -> str | None:
     return None
 
 
+# Building a GE context and registering a suite costs ~2 s; a checkpoint is reused for every batch of the process.
+# Keyed by the suite's full spec, so an edited suite file gets a checkpoint of its own.
+_CHECKPOINTS: dict[tuple[str, str, str], Any] = {}
+_CHECKPOINTS_LOCK = threading.Lock()
+
+
+def _checkpoint(name: str, spec: Mapping[str, Any], docs_dir: Path | None) -> Any:
+    key = (name, json.dumps(spec, sort_keys=True, default=str), str(docs_dir))
+    with _CHECKPOINTS_LOCK:
+        cached = _CHECKPOINTS.get(key)
+        if cached is not None:
+            return cached
+        import great_expectations as gx
+
+        context = _context(docs_dir)
+        suite = context.suites.add(
+            gx.ExpectationSuite(name=name, expectations=spec["expectations"], meta=spec.get("meta", {}))
+        )
+        asset = context.data_sources.add_pandas("k2").add_dataframe_asset(name)
+        batch = asset.add_batch_definition_whole_dataframe("batch")
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        actions: list[Any] = (
+            [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if docs_dir else []
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(name=name, validation_definitions=[definition], actions=actions)
+        )
+        _CHECKPOINTS[key] = checkpoint
+        return checkpoint
+
+
 def run_suite(
     name: str,
     frame: pd.DataFrame,
@@ -149,23 +181,10 @@ def run_suite(
     started = time.perf_counter()
     spec = load_suite(name, suites_dir)
     version = str(spec.get("meta", {}).get("version", "0"))
-    context = _context(docs_dir)
-    import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
 
     try:
-        suite = context.suites.add(
-            gx.ExpectationSuite(name=name, expectations=spec["expectations"], meta=spec.get("meta", {}))
-        )
-        asset = context.data_sources.add_pandas("k2").add_dataframe_asset(name)
-        batch = asset.add_batch_definition_whole_dataframe("batch")
-        definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
-        actions: list[Any] = (
-            [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if docs_dir else []
-        )
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(name=name, validation_definitions=[definition], actions=actions)
-        )
+        checkpoint = _checkpoint(name, spec, docs_dir)
         result = checkpoint.run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=dict(parameters or {}),
