@@ -53,9 +53,18 @@ def open_catalog(
         Path(warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     if catalog_uri.startswith("sqlite:///"):
         Path(catalog_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
     from k2_resources.faults import catalog_properties  # empty unless a chaos test armed K2_FAULT_POINT
 
-    return SqlCatalog(name, uri=catalog_uri, warehouse=warehouse, **dict(properties or {}), **catalog_properties())
+    props = {**dict(properties or {}), **catalog_properties()}
+    try:
+        return SqlCatalog(name, uri=catalog_uri, warehouse=warehouse, **props)
+    except (OperationalError, ProgrammingError) as exc:
+        # Two processes opening a brand-new catalog both try to create its tables; the loser finds them made.
+        if "already exists" not in str(exc):
+            raise
+        return SqlCatalog(name, uri=catalog_uri, warehouse=warehouse, **props)
 
 
 class IcebergResource(dg.ConfigurableResource):  # type: ignore[type-arg]
