@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from k2_resources.iceberg import OffsetRange
-from k2_resources.kafka import FileTickLog
+from k2_resources.kafka_file import FileTickLog
 
 
 def test_repeated_produce_appends_and_offsets_continue_per_partition(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from k2_assets.ticks.publish import QualityConfig, publish_validated
 from k2_assets.ticks.validated import validation_tables
 from k2_resources.duckdb import connect
 from k2_resources.iceberg import IcebergResource, read_watermarks
-from k2_resources.kafka import FileTickLog
+from k2_resources.kafka_file import FileTickLog
 from k2_resources.schemas import FileSchemaStore
 from k2_resources.tables import RAW_TICKS
 
