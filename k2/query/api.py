@@ -27,6 +27,7 @@ from k2.query import reads
 from k2.query.audit import AuditEvent, AuditLog
 from k2.query.engine import Execution, QueryEngine, QueryLimits, TableMeta, shared_engine
 from k2.query.router import Freshness, KafkaOffsetProbe, Part, Tail, TailReader
+from k2.query.scanplan import ScanFilter
 from k2.query.sqlcheck import analyse
 from k2.query.timetravel import AsOf, Pin, resolve
 from k2_resources.auth import Authorizer, AuthStore, authenticate, resource_for_table
@@ -251,7 +252,10 @@ class Client:
             fresh.route = "hybrid" if with_tail else "iceberg"
         # Read Iceberg at the very snapshot whose watermark bounded the tail: the boundary is exact.
         pinned: dict[str, int | None] = dict(pin.snapshots) if pin else {"ticks": meta.snapshot_id}
-        done = self.engine.execute(sql, params * repeats, reads=["ticks"], pinned=pinned, extra_tables=extra)
+        scan = {"ticks": ScanFilter(tuple(symbols), "exchange_ts", start, end)}
+        done = self.engine.execute(
+            sql, params * repeats, reads=["ticks"], pinned=pinned, extra_tables=extra, tables=tables, scan=scan
+        )
         data, counts = reads.split_source(done.table)
         if route != "kafka":
             fresh.parts.append(Part("iceberg", "ticks", counts.get("iceberg", 0), done.snapshots.get("ticks")))
@@ -261,14 +265,14 @@ class Client:
 
     def _simple(
         self, sql: str, params: list[Any], reads_: Sequence[str], as_of: AsOf, cache: bool,
-        extra: dict[str, pa.Table] | None = None,
+        extra: dict[str, pa.Table] | None = None, scan: dict[str, ScanFilter] | None = None,
     ) -> QueryResult:  # fmt: skip
         t0 = time.perf_counter()
         tables = self.engine.tables()
         pin = self._pin(as_of, tables, reads_)
         done: Execution = self.engine.execute(
             sql, params, reads=reads_, pinned=dict(pin.snapshots) if pin else {}, cache=cache, tables=tables,
-            extra_tables=extra,
+            extra_tables=extra, scan=scan,
         )  # fmt: skip
         fresh = Freshness(route="iceberg", as_of=pin.label if pin else None, cached=done.cached)
         fresh.parts = [Part("iceberg", n, done.table.num_rows, s) for n, s in done.snapshots.items()]
@@ -311,7 +315,8 @@ class Client:
             time_col = "window_start" if "window_start" in columns else "trading_date"
             predicate, params = reads.where(syms, time_col, begin, stop)
             sql = f"SELECT * FROM {table} WHERE {predicate} ORDER BY symbol, {time_col}"
-            return self._simple(sql, params, [table], as_of, cache=True)
+            scan = {table: ScanFilter(tuple(syms), time_col, begin, stop)}
+            return self._simple(sql, params, [table], as_of, cache=True, scan=scan)
 
         return self._governed("bars", [table], run, symbols=syms, start=begin, end=stop, as_of=as_of)
 
@@ -338,7 +343,8 @@ class Client:
             columns = [f.name for f in self.engine.table(right).table.schema().fields if f.name != "symbol"]
             predicate, params = reads.where(syms, time_col, begin, stop)
             sql = reads.asof_sql(left.column_names, columns, right, right_time, by, on, predicate, pre)
-            return self._simple(sql, params, [right], as_of, cache=False, extra={reads.TRADES_VIEW: left})
+            scan = {right: ScanFilter(tuple(syms), time_col, begin, stop)}
+            return self._simple(sql, params, [right], as_of, cache=False, extra={reads.TRADES_VIEW: left}, scan=scan)
 
         return self._governed("asof_join", [right], run, symbols=syms, start=begin, end=stop, as_of=as_of)
 

@@ -8,6 +8,11 @@
   so a new snapshot is seen at once while the metadata JSON is parsed once per version.
 - Aggregation results are cached (LRU, 5 min TTL) under the snapshot ids they read: a new snapshot of any table a
   query reads is a different key, and the entries of the old snapshot are dropped.
+- Reads that say which symbols and time range they need (`scan=`: the typed reads ticks, latest, bars, as-of join)
+  read exactly the data files of the snapshot whose column bounds can match, with `read_parquet`, instead of
+  `iceberg_scan` decoding every manifest entry on every query (scanplan.py; the file list is cached per manifest
+  and snapshot, both immutable). A snapshot with delete files, non-Parquet files, or a table whose schema changed
+  falls back to `iceberg_scan`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -26,6 +31,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
 from k2.query.cache import TTLCache
+from k2.query.scanplan import ScanFilter, ScanPlanner
 from k2_resources.duckdb import configure_s3, load_extensions
 from k2_resources.env import Settings
 from k2_resources.errors import (
@@ -77,6 +83,7 @@ class Execution:
     queued_s: float
     run_s: float
     snapshots: dict[str, int | None]
+    sources: dict[str, str] = field(default_factory=dict)  # table -> "files:N" (read_parquet) | "iceberg_scan" | ...
 
 
 class _Slot:
@@ -91,6 +98,8 @@ class _Slot:
         self.con.execute("SET temp_directory = ''")
         self.con.execute("SET enable_progress_bar = false")
         self.con.execute("SET TimeZone = 'UTC'")
+        # Parquet footers of the (immutable) data files stay cached between queries of the file-list fast path.
+        self.con.execute("SET parquet_metadata_cache = true")
         self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {namespace}")
         self.views: dict[str, str] = {}
 
@@ -113,6 +122,7 @@ class QueryEngine:
         self.metadata_cache: TTLCache[TableMeta] = TTLCache(256, METADATA_TTL_S)
         self.result_cache: TTLCache[pa.Table] = TTLCache(256, RESULT_TTL_S)
         self._known_snapshots: dict[str, int | None] = {}
+        self.planner = ScanPlanner()
 
     # ---- metadata -------------------------------------------------------------------------------------------
 
@@ -211,26 +221,57 @@ class QueryEngine:
             self.metrics.in_flight(self._running)
         self._slots.release()
 
-    def _install_views(self, slot: _Slot, tables: dict[str, TableMeta], snapshots: dict[str, int | None]) -> None:
+    def _install_views(
+        self,
+        slot: _Slot,
+        tables: dict[str, TableMeta],
+        snapshots: dict[str, int | None],
+        scan: dict[str, ScanFilter] | None = None,
+    ) -> dict[str, str]:
+        """Point each view at its table's snapshot; returns how each table in `scan` is read."""
+        how: dict[str, str] = {}
         for name, meta in tables.items():
             pinned = snapshots.get(name)
-            if pinned is not None:
-                if meta.table.snapshot_by_id(pinned) is None:
-                    raise SnapshotNotFoundError(
-                        f"{self.namespace}.{name} has no snapshot {pinned} (expired, or from another table)"
-                    )
-                source = f"iceberg_scan('{meta.metadata_location}', snapshot_from_id => {int(pinned)})"
-            elif meta.snapshot_id is None:
-                source = f"_empty_{name}"
+            if pinned is not None and meta.table.snapshot_by_id(pinned) is None:
+                raise SnapshotNotFoundError(
+                    f"{self.namespace}.{name} has no snapshot {pinned} (expired, or from another table)"
+                )
+            snapshot_id = pinned if pinned is not None else meta.snapshot_id
+            files = None
+            if scan and name in scan and snapshot_id is not None:
+                files = self.planner.plan(meta.table, snapshot_id, scan[name])
+            if files is not None:
+                how[name] = f"files:{len(files)}"
+                source = self._file_source(slot, name, meta, files)
+            elif snapshot_id is None:
+                source = f"SELECT * FROM _empty_{name}"
                 if slot.views.get(name) != source:
-                    slot.con.register(source, meta.table.schema().as_arrow().empty_table())
+                    slot.con.register(f"_empty_{name}", meta.table.schema().as_arrow().empty_table())
             else:
-                source = f"iceberg_scan('{meta.metadata_location}')"
+                version = f", snapshot_from_id => {int(pinned)}" if pinned is not None else ""
+                source = f"SELECT * FROM iceberg_scan('{meta.metadata_location}'{version})"
+            if scan and name in scan and name not in how:
+                how[name] = "iceberg_scan" if snapshot_id is not None else "empty"
             if slot.views.get(name) == source:
                 continue
             for qualified in (name, f"{self.namespace}.{name}"):
-                slot.con.execute(f"CREATE OR REPLACE VIEW {qualified} AS SELECT * FROM {source}")
+                slot.con.execute(f"CREATE OR REPLACE VIEW {qualified} AS {source}")
             slot.views[name] = source
+        return how
+
+    @staticmethod
+    def _file_source(slot: _Slot, name: str, meta: TableMeta, files: list[str]) -> str:
+        """SELECT of exactly `files` with the table's columns in schema order (no hive columns from the paths)."""
+        columns = ", ".join('"' + f.name.replace('"', '""') + '"' for f in meta.table.schema().fields)
+        if not files:
+            empty = f"_empty_{name}"
+            slot.con.register(empty, meta.table.schema().as_arrow().empty_table())
+            return f"SELECT {columns} FROM {empty}"
+        listed = ", ".join("'" + _local(p).replace("'", "''") + "'" for p in files)
+        return (
+            f"SELECT {columns} FROM read_parquet([{listed}], hive_partitioning = false, union_by_name = false, "
+            "binary_as_string = false)"
+        )
 
     def effective_snapshots(
         self, tables: dict[str, TableMeta], names: Sequence[str], pinned: dict[str, int | None]
@@ -247,9 +288,13 @@ class QueryEngine:
         cache: bool = False,
         tables: dict[str, TableMeta] | None = None,
         extra_tables: dict[str, pa.Table] | None = None,
+        scan: dict[str, ScanFilter] | None = None,
     ) -> Execution:
         """Run one SELECT. `reads` names the tables it reads (they must exist); `pinned` maps tables to snapshot ids
-        (time travel); `cache` allows the result cache; `extra_tables` are registered for this query only."""
+        (time travel); `cache` allows the result cache; `extra_tables` are registered for this query only.
+
+        `scan` maps a table to the rows the SQL needs of it: every row of it the SQL can use must match that filter
+        (symbol and time range), so the view may hold only the data files whose bounds match it."""
         pinned = pinned or {}
         tables = tables if tables is not None else self.tables()
         for name in reads:
@@ -257,7 +302,7 @@ class QueryEngine:
         snapshots = self.effective_snapshots(tables, reads, pinned)
         key: Hashable | None = None
         if cache and not extra_tables:
-            key = ((sql, tuple(params or ())), frozenset(snapshots.items()))
+            key = ((sql, tuple(params or ()), tuple(sorted((scan or {}).items()))), frozenset(snapshots.items()))
             hit = self.result_cache.get(key)
             self.metrics.cache("result", hit is not None)
             if hit is not None:
@@ -272,7 +317,7 @@ class QueryEngine:
 
         timer = threading.Timer(self.limits.timeout_s, watchdog)
         try:
-            self._install_views(slot, tables, pinned)
+            sources = self._install_views(slot, tables, pinned, scan)
             for name, extra in (extra_tables or {}).items():
                 slot.con.register(name, extra)
             timer.start()
@@ -303,13 +348,22 @@ class QueryEngine:
         run_s = time.monotonic() - started
         if key is not None and result.nbytes <= MAX_CACHED_RESULT_BYTES:
             self.result_cache.put(key, result)
-        return Execution(result, False, queued, run_s, snapshots)
+        return Execution(result, False, queued, run_s, snapshots, sources)
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for slot in idle:
             slot.con.close()
+
+
+def _local(location: str) -> str:
+    """A path DuckDB opens: file:// URIs as plain paths, object-store URIs unchanged."""
+    if location.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        return unquote(urlsplit(location).path)
+    return location
 
 
 _shared: dict[tuple[object, ...], QueryEngine] = {}
