@@ -257,6 +257,8 @@ class Client:
             sql, params * repeats, reads=["ticks"], pinned=pinned, extra_tables=extra, tables=tables, scan=scan
         )
         data, counts = reads.split_source(done.table)
+        if not counts and route != "kafka":  # an Iceberg-only read has no _k2_source column
+            counts = {"iceberg": data.num_rows}
         if route != "kafka":
             fresh.parts.append(Part("iceberg", "ticks", counts.get("iceberg", 0), done.snapshots.get("ticks")))
         if tail is not None and (with_tail or route == "kafka"):

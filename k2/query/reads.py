@@ -71,8 +71,8 @@ def where(
 def ticks_sql(predicate: str, with_tail: bool, latest: bool = False) -> tuple[str, int]:
     """The read of ticks (Iceberg, plus the Kafka tail minus keys Iceberg already has); returns (sql, how many
     times the predicate's parameters repeat). Column `_k2_source` says where each row came from."""
-    if not with_tail:
-        body = f"SELECT *, 'iceberg' AS _k2_source FROM ticks WHERE {predicate}"
+    if not with_tail:  # every row is from Iceberg: no _k2_source column to fill and count
+        body = f"SELECT * FROM ticks WHERE {predicate}"
         repeats = 1
     else:
         on = " AND ".join(f"l.{k} = t.{k}" for k in KEY)
