@@ -19,6 +19,7 @@ from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsEr
 from pyiceberg.table import DataScan, Table
 from pyiceberg.table.snapshots import Snapshot
 
+from k2_resources import iceberg_partitions
 from k2_resources.env import Settings
 from k2_resources.errors import CommitConflictError, OffsetGapError, SnapshotNotFoundError, TableNotFoundError
 from k2_resources.tables import ALL_TABLES, TableDef
@@ -57,6 +58,7 @@ def open_catalog(
 
     from k2_resources.faults import catalog_properties  # empty unless a chaos test armed K2_FAULT_POINT
 
+    iceberg_partitions.install()  # pyiceberg's partition split is rows x partitions; ours is linear
     props = {**dict(properties or {}), **catalog_properties()}
     try:
         return SqlCatalog(name, uri=catalog_uri, warehouse=warehouse, **props)
