@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from importlib.metadata import version
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -64,7 +65,7 @@ def _stable_order(codes: list[np.ndarray]) -> np.ndarray:
     return np.argsort(key, kind="stable")
 
 
-def determine_partitions(spec: PartitionSpec, schema: Schema, arrow_table: pa.Table) -> Iterator[Iterable]:  # type: ignore[type-arg]
+def determine_partitions(spec: PartitionSpec, schema: Schema, arrow_table: pa.Table) -> Iterator[Any]:
     """Drop-in for pyiceberg's _determine_partitions: yields _TablePartition(partition_key, rows) per partition."""
     table, names = _with_partition_columns(spec, schema, arrow_table)
     if table.num_rows == 0:
