@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from k2_assets.ticks.ordering import grouped_time_order
 from k2_assets.ticks.sessions import trading_dates
 from k2_resources.exchanges import EXCHANGES, calendar
 
@@ -103,16 +104,9 @@ def ticks_frame(rows: pl.DataFrame, derivative_symbols: frozenset[str]) -> pd.Da
     """The staged rows (integer space) as GE sees them: natural types (naive UTC datetimes, float prices for the
     range checks only) plus trading_date, is_derivative, sequence_step and exchange_ts_us. trade_id, ingest_ts and
     conditions are left out: the Iceberg schema types them, and GE pickles its input (list columns cost seconds)."""
-    frame = rows.with_columns(trading_dates(rows)).with_columns(
-        pl.col("symbol").is_in(list(derivative_symbols)).fill_null(False).alias("is_derivative")
-    )
-    frame = frame.sort("exchange", "symbol", "trading_date", "exchange_ts", "sequence").with_columns(
-        (pl.col("sequence") - pl.col("sequence").shift(1))
-        .over("exchange", "symbol", "trading_date")
-        .alias("sequence_step")
-    )
-    # Strings as categoricals: GE pickles its input, and a million Python strings cost it seconds.
-    frame = frame.select(
+    # Strings as categoricals: GE pickles its input, and a million Python strings cost it seconds. Their integer
+    # codes also make the sort below ~10x cheaper than sorting the strings.
+    frame = rows.select(
         pl.col("exchange").cast(pl.Categorical),
         pl.col("symbol").cast(pl.Categorical),
         "sequence",
@@ -121,10 +115,20 @@ def ticks_frame(rows: pl.DataFrame, derivative_symbols: frozenset[str]) -> pd.Da
         (pl.col("price") / 1_000_000).alias("price"),
         "volume",
         pl.col("side").cast(pl.Categorical),
-        "trading_date",
-        "is_derivative",
-        "sequence_step",
+        trading_dates(rows),
+        pl.col("symbol").is_in(list(derivative_symbols)).fill_null(False).alias("is_derivative"),
     )
+    # The step is taken per (exchange, symbol, trading_date) in exchange-time order. Sorting by the codes puts each
+    # (exchange, symbol) together (groups in no particular order, which the step does not need); the trading date
+    # is a function of exchange_ts, so time order also orders the dates.
+    codes = [pl.col("exchange").to_physical(), pl.col("symbol").to_physical()]
+    group = pl.col("symbol").to_physical().cast(pl.Int64)
+    if frame["exchange"].n_unique() > 1:
+        group = pl.concat_str(["exchange", "symbol"], separator="\x1f").cast(pl.Categorical).to_physical()
+    frame = frame[grouped_time_order(frame, group, "exchange_ts_us", "sequence")]
+    same_group = pl.all_horizontal([c == c.shift(1) for c in [*codes, pl.col("trading_date")]])
+    step = pl.when(same_group).then(pl.col("sequence") - pl.col("sequence").shift(1))
+    frame = frame.with_columns(step.alias("sequence_step"))
     return frame.to_pandas()
 
 
