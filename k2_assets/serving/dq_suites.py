@@ -7,12 +7,13 @@ the Data Docs index at <K2_HOME>/data_docs/index.html lists every run, not only 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,21 @@ def _checkpoint(name: str, spec: Mapping[str, Any], docs_dir: Path | None) -> An
         )
         _CHECKPOINTS[key] = checkpoint
         return checkpoint
+
+
+def prewarm(names: Sequence[str], docs_dir: Path | None, suites_dir: Path = SUITES_DIR) -> threading.Thread:
+    """Import GE and build the checkpoints of these suites in a background thread, so a step that runs a suite later
+    in the process finds them ready (importing GE and building a context take ~5 s; an ingest run overlaps them with
+    the Kafka read). A failure here is left for run_suite to raise with its context."""
+
+    def build() -> None:
+        for name in names:
+            with contextlib.suppress(Exception):
+                _checkpoint(name, load_suite(name, suites_dir), docs_dir)
+
+    thread = threading.Thread(target=build, name="ge-prewarm", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_suite(

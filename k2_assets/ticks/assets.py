@@ -2,8 +2,10 @@
 
 import dagster as dg
 
+from k2_assets.ticks.gate import prewarm_gate
 from k2_assets.ticks.ingest import ingest_raw
 from k2_assets.ticks.planning import plan_ranges, ranges_from_config, ranges_to_config
+from k2_assets.ticks.quality import QualityResource
 from k2_assets.ticks.validated import validated_ticks
 from k2_resources.iceberg import IcebergResource, read_watermarks
 from k2_resources.kafka import KafkaResource
@@ -39,7 +41,12 @@ def raw_ticks(
     kafka: KafkaResource,
     iceberg: IcebergResource,
     pipeline: PipelineResource,
+    quality: QualityResource,
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    if validated_ticks.key in context.job_def.asset_layer.selected_asset_keys and quality.gate_enabled:
+        # validated_ticks runs next in this process (ingest_job executes in process): its GE gate costs seconds to
+        # import and set up, done meanwhile while this step waits on Kafka and writes Iceberg.
+        prewarm_gate(quality.config().gate)
     table = iceberg.ensure_table(RAW_TICKS)
     if config.ranges:
         ranges = ranges_from_config([r.model_dump() for r in config.ranges])

@@ -146,6 +146,13 @@ def batch_frame(counts: BatchCounts) -> pd.DataFrame:
     )
 
 
+def prewarm_gate(config: GateConfig) -> None:
+    """Get both suites' GE checkpoints built in the background (see dq_suites.prewarm)."""
+    from k2_assets.serving.dq_suites import prewarm
+
+    prewarm((TICKS_SUITE, BATCH_SUITE), config.docs_dir)
+
+
 def check_batch(staged: pl.DataFrame, counts: BatchCounts, config: GateConfig, *, run_name: str) -> GateResult:
     """Run both suites on the staged batch; build Data Docs when `config.docs_dir` is set."""
     from k2_assets.serving.dq_suites import run_suite
