@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from operator import itemgetter
 
 import dagster as dg
 import numpy as np
@@ -111,6 +112,8 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
                 "auto.offset.reset": "earliest",
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                # Prefetch up to a whole batch in librdkafka's queue: consume() of 1M ticks ~20% faster.
+                "queued.min.messages": 1_000_000,
             }
         )
 
@@ -145,7 +148,7 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
             consumer.close()
 
     def read(self, ranges: Sequence[OffsetRange]) -> pa.Table:
-        from confluent_kafka import KafkaError, TopicPartition
+        from confluent_kafka import KafkaError, Message, TopicPartition
 
         wanted = [r for r in ranges if r.size > 0]
         if not wanted:
@@ -170,7 +173,7 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
                         )
                     continue
                 last_progress = time.monotonic()
-                errors = [m for m in messages if m.error() is not None]
+                errors = [m for m, e in zip(messages, map(Message.error, messages), strict=True) if e is not None]
                 for msg in errors:
                     err = msg.error()
                     key = (msg.topic(), msg.partition())
@@ -188,9 +191,11 @@ class KafkaResource(dg.ConfigurableResource, TickLog):  # type: ignore[type-arg,
         finally:
             consumer.close()
         table = pa.concat_tables(batches) if batches else RECORD_SCHEMA.empty_table()
-        return table.sort_by(
-            [("kafka_topic", "ascending"), ("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
-        )
+        # Offset order per partition. One topic per read is the rule: then integers alone sort (strings are slow).
+        keys = [("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
+        if len({r.topic for r in wanted}) > 1:
+            keys.insert(0, ("kafka_topic", "ascending"))
+        return table.sort_by(keys)
 
     def commit_group_offsets(self, ranges: Sequence[OffsetRange]) -> str | None:
         """Commit the consumer group's offsets to the end of `ranges` (after Iceberg committed them).
@@ -317,18 +322,24 @@ def positions_from_reports(
 
 
 def _records_table(messages: list, stops: dict[tuple[str, int], int]) -> pa.Table:  # type: ignore[type-arg]
-    """Consumed messages as RECORD_SCHEMA rows, keeping only offsets below each partition's stop."""
+    """Consumed messages as RECORD_SCHEMA rows, keeping only offsets below each partition's stop. The accessors are
+    mapped as unbound methods: a million messages per batch make attribute lookups in a comprehension add up."""
+    from confluent_kafka import Message
+
     topics = {t for t, _ in stops}
+    n = len(messages)
     table = pa.table(
         {
-            "kafka_topic": pa.repeat(pa.scalar(next(iter(topics)), pa.string()), len(messages))
+            "kafka_topic": pa.repeat(pa.scalar(next(iter(topics)), pa.string()), n)
             if len(topics) == 1
-            else pa.array([m.topic() for m in messages], pa.string()),
-            "kafka_partition": pa.array([m.partition() for m in messages], pa.int32()),
-            "kafka_offset": pa.array([m.offset() for m in messages], pa.int64()),
-            "kafka_ts": pc.multiply(pa.array([m.timestamp()[1] for m in messages], pa.int64()), 1000),
-            "kafka_key": _keys_as_text(pa.array([m.key() for m in messages], pa.binary())),
-            "value": pa.array([m.value() for m in messages], pa.binary()),
+            else pa.array(list(map(Message.topic, messages)), pa.string()),
+            "kafka_partition": pa.array(list(map(Message.partition, messages)), pa.int32()),
+            "kafka_offset": pa.array(list(map(Message.offset, messages)), pa.int64()),
+            "kafka_ts": pc.multiply(
+                pa.array(list(map(itemgetter(1), map(Message.timestamp, messages))), pa.int64()), 1000
+            ),
+            "kafka_key": _keys_as_text(pa.array(list(map(Message.key, messages)), pa.binary())),
+            "value": pa.array(list(map(Message.value, messages)), pa.binary()),
         },
         schema=RECORD_SCHEMA,
     )
