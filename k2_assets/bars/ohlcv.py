@@ -9,7 +9,11 @@ exactly the bar of the union (`combine`), and 1-minute bars roll up exactly into
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from k2_resources.errors import BarInputError
 
@@ -82,24 +86,41 @@ def _with_vwap(frame: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _check_input(ticks: pl.LazyFrame) -> tuple[int, int, int]:
-    stats = ticks.select(
-        pl.len().alias("n"),
-        pl.col("sequence").min().alias("lo"),
-        pl.col("sequence").max().alias("hi"),
-        pl.any_horizontal(pl.col(c).is_null() for c in TICK_INPUT).sum().alias("nulls"),
-        (pl.col("volume") < 0).sum().alias("negative"),
-    ).collect()
-    n, lo, hi, nulls, negative = stats.row(0)
-    if nulls or negative:
+class _InputStats(NamedTuple):
+    n: int
+    seq_lo: int
+    seq_hi: int
+    ts_lo: int
+    ts_hi: int
+
+
+def _check_input(frame: pl.DataFrame) -> _InputStats:
+    """Refuse unvalidated ticks and measure what the fast paths need, with O(1) null counts and plain reductions
+    (no per-row expression: this runs over every tick of a day)."""
+    null_cells = sum(frame[c].null_count() for c in TICK_INPUT)
+    seq_lo, seq_hi, ts_lo, ts_hi, vol_lo = frame.select(
+        pl.col("sequence").min().alias("seq_lo"),
+        pl.col("sequence").max().alias("seq_hi"),
+        pl.col("exchange_ts").min().alias("ts_lo"),
+        pl.col("exchange_ts").max().alias("ts_hi"),
+        pl.col("volume").min().alias("vol_lo"),
+    ).row(0)
+    if null_cells or (vol_lo is not None and vol_lo < 0):
+        nulls, negative = frame.select(
+            pl.any_horizontal(pl.col(c).is_null() for c in TICK_INPUT).sum().alias("nulls"),
+            (pl.col("volume") < 0).sum().alias("negative"),
+        ).row(0)
         raise BarInputError(
             f"{nulls} tick(s) with a null key field and {negative} with negative volume reached the bar kernel; "
             "bars are built from validated ticks only (market_data.ticks), where validation quarantines such rows"
         )
-    return int(n), int(lo if lo is not None else 0), int(hi if hi is not None else 0)
+    if frame.height == 0:
+        return _InputStats(0, 0, 0, 0, 0)
+    return _InputStats(frame.height, int(seq_lo), int(seq_hi), int(ts_lo), int(ts_hi))
 
 
 def _finish_1m(agg: pl.LazyFrame, tz: str) -> pl.LazyFrame:
+    """Per bar (not per tick): window_end, the exchange trading date of the window, VWAP."""
     return _with_vwap(
         agg.with_columns(
             (pl.col("window_start") + MINUTE_US).alias("window_end"),
@@ -110,44 +131,49 @@ def _finish_1m(agg: pl.LazyFrame, tz: str) -> pl.LazyFrame:
 
 def bars_1m(ticks: pl.DataFrame | pl.LazyFrame, tz: str) -> pl.DataFrame:
     """1-minute bar states: open = first tick by (exchange_ts, sequence), close = last, high, low, volume, trade
-    count, notional and VWAP = Σ price·volume / Σ volume rounded half-up (null when no volume)."""
-    lazy = ticks.lazy().select(TICK_INPUT)
-    n, lo, hi = _check_input(lazy)
-    if n == 0:
+    count, notional and VWAP = Σ price·volume / Σ volume rounded half-up (null when no volume).
+
+    Three exact paths, fastest first: one int64 group key packed from the exchange-constant frame's symbol bytes and
+    the minute (`_packed_symbol_key`); a string-keyed group (exchange, symbol, minute); and, for sequences outside
+    [0, 2^37), a sort-based general path. All three give identical bars (tests/unit/test_bars_kernel.py)."""
+    frame = (ticks.collect() if isinstance(ticks, pl.LazyFrame) else ticks).select(TICK_INPUT)
+    stats = _check_input(frame)
+    if stats.n == 0:
         return empty_states()
-    window = (pl.col("exchange_ts") // MINUTE_US * MINUTE_US).alias("window_start")
-    if lo < 0 or hi >= _SEQ_LIMIT:
-        return _bars_1m_general(lazy.with_columns(window), tz)
-    order = ((pl.col("exchange_ts") - pl.col("window_start")) * _SEQ_LIMIT + pl.col("sequence")).alias("_k")
-    agg = (
-        lazy.with_columns(window)
-        .with_columns(order)
-        .group_by(BAR_KEY)
-        .agg(
-            pl.col("_k").min().alias("_kmin"),
-            pl.col("_k").max().alias("_kmax"),
-            pl.col("price").min_by("_k").alias("open"),
-            pl.col("price").max_by("_k").alias("close"),
-            pl.col("price").max().alias("high"),
-            pl.col("price").min().alias("low"),
-            pl.col("volume").sum().alias("volume"),
-            pl.len().cast(pl.Int64).alias("trade_count"),
-            # int64 is exact here: each minute is checked below not to be able to overflow, else recomputed.
-            (pl.col("price") * pl.col("volume")).sum().alias("_notional64"),
-        )
-        .collect(engine="streaming")
-    )
-    bound = pl.max_horizontal(pl.col("high").abs(), pl.col("low").abs()).cast(pl.Float64) * pl.col("volume")
-    if agg.select((bound >= float(_INT64_MAX) / 2).any()).item():
-        # A minute whose notional may not fit int64 millionths (> ~4.6 trillion): redo the notional in 128 bits.
-        exact = (
-            lazy.with_columns(window)
-            .group_by(BAR_KEY)
-            .agg((pl.col("price").cast(pl.Int128) * pl.col("volume")).sum().alias("notional"))
-        )
-        agg = agg.lazy().join(exact, on=BAR_KEY).collect()
-    else:
-        agg = agg.with_columns(pl.col("_notional64").cast(pl.Int128).alias("notional"))
+    if stats.seq_lo < 0 or stats.seq_hi >= _SEQ_LIMIT:
+        return _bars_1m_general(frame.lazy().with_columns(_minute_start()), tz)
+    packed = _bars_1m_packed(frame, stats, tz)
+    if packed is not None:
+        return packed
+    return _bars_1m_by_strings(frame, tz)
+
+
+def _minute_start() -> pl.Expr:
+    return (pl.col("exchange_ts") // MINUTE_US * MINUTE_US).alias("window_start")
+
+
+def _order_key(minute_start: pl.Expr) -> pl.Expr:
+    """(µs into the minute) << 37 | sequence: the (exchange_ts, sequence) order inside one minute as one int64."""
+    return ((pl.col("exchange_ts") - minute_start) * _SEQ_LIMIT + pl.col("sequence")).alias("_k")
+
+
+_AGGS = [
+    pl.col("_k").min().alias("_kmin"),
+    pl.col("_k").max().alias("_kmax"),
+    pl.col("price").min_by("_k").alias("open"),
+    pl.col("price").max_by("_k").alias("close"),
+    pl.col("price").max().alias("high"),
+    pl.col("price").min().alias("low"),
+    pl.col("volume").sum().alias("volume"),
+    pl.len().cast(pl.Int64).alias("trade_count"),
+    # int64 is exact here: each minute is checked not to be able to overflow (`_notional`), else recomputed.
+    (pl.col("price") * pl.col("volume")).sum().alias("_notional64"),
+]
+
+
+def _states_from_agg(agg: pl.DataFrame, frame: pl.DataFrame, tz: str) -> pl.DataFrame:
+    """Aggregates keyed by (exchange, symbol, window_start) -> sorted bar states."""
+    agg = _notional(agg, frame)
     states = agg.lazy().with_columns(
         (pl.col("window_start") + pl.col("_kmin") // _SEQ_LIMIT).alias("first_ts"),
         (pl.col("_kmin") % _SEQ_LIMIT).alias("first_sequence"),
@@ -155,6 +181,112 @@ def bars_1m(ticks: pl.DataFrame | pl.LazyFrame, tz: str) -> pl.DataFrame:
         (pl.col("_kmax") % _SEQ_LIMIT).alias("last_sequence"),
     )
     return _finish_1m(states, tz).select(STATE_COLUMNS).sort(BAR_KEY).collect()
+
+
+def _notional(agg: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
+    bound = pl.max_horizontal(pl.col("high").abs(), pl.col("low").abs()).cast(pl.Float64) * pl.col("volume")
+    if not agg.select((bound >= float(_INT64_MAX) / 2).any()).item():
+        return agg.with_columns(pl.col("_notional64").cast(pl.Int128).alias("notional"))
+    # A minute whose notional may not fit int64 millionths (> ~4.6 trillion): redo the notional in 128 bits.
+    exact = (
+        frame.lazy()
+        .with_columns(_minute_start())
+        .group_by(BAR_KEY)
+        .agg((pl.col("price").cast(pl.Int128) * pl.col("volume")).sum().alias("notional"))
+    )
+    return agg.lazy().join(exact, on=BAR_KEY).collect()
+
+
+def _bars_1m_by_strings(frame: pl.DataFrame, tz: str) -> pl.DataFrame:
+    """Group on (exchange, symbol, minute) as given: any strings."""
+    agg = (
+        frame.lazy()
+        .with_columns(_minute_start())
+        .with_columns(_order_key(pl.col("window_start")))
+        .group_by(BAR_KEY)
+        .agg(_AGGS)
+        .collect(engine="streaming")
+    )
+    return _states_from_agg(agg, frame, tz)
+
+
+# A polars string is an Arrow string view: 16 bytes, the first 4 its length; a string of <= 12 bytes is stored
+# inline in the other 12, zero-padded. Read as two little-endian words: lo = length | bytes 0-3 << 32, hi = bytes
+# 4-11. With length < 16, bits 4..31 of lo are zero: they take the minute (relative to the frame's first) and hi,
+# when hi is short enough (symbols of up to ~6 bytes), which gives one exact uint64 key per tick for (symbol,
+# minute) without hashing a string. Grouping on it is a single-integer hash group (the cheapest polars has).
+_LEN_BITS = 4
+_FREE_BITS = 28  # bits 4..31 of lo
+
+
+def _symbol_words(symbol: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lo, hi) words of each inline symbol view, or None when some symbol is not inline (> 12 bytes)."""
+    arr = symbol.to_arrow(compat_level=pl.CompatLevel.newest())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if not pa.types.is_string_view(arr.type):
+        return None
+    buffers = arr.buffers()
+    words = np.frombuffer(buffers[1], dtype="<u8", count=2 * (arr.offset + len(arr)))[2 * arr.offset :]
+    lo, hi = words[0::2], words[1::2]
+    if len(buffers) > 2 and int((lo & np.uint64(0xFFFFFFFF)).max()) > 12:
+        return None  # a long string: its view holds a prefix and a buffer reference, not the whole string
+    return lo, hi
+
+
+def _bars_1m_packed(frame: pl.DataFrame, stats: _InputStats, tz: str) -> pl.DataFrame | None:
+    """The one-integer-key path; None when it does not apply (several exchanges, long symbols, a span of more than
+    2^12 minutes for 6-byte symbols ...). Exact: the key is a bijection of (symbol bytes, length, minute)."""
+    if not frame.select((pl.col("exchange") == pl.col("exchange").first()).all()).item():
+        return None
+    minute_lo = stats.ts_lo // MINUTE_US
+    minute_bits = max(1, (stats.ts_hi // MINUTE_US - minute_lo).bit_length())
+    hi_bits = _FREE_BITS - minute_bits
+    words = _symbol_words(frame["symbol"])
+    if words is None or hi_bits < 0:
+        return None
+    if int(words[1].max()) >> hi_bits:
+        return None
+    lo, hi = pl.Series("_lo", words[0]), pl.Series("_hi", words[1])
+    minute = pl.col("exchange_ts") // MINUTE_US
+    key = (
+        pl.col("_lo")
+        + pl.col("_hi") * (1 << (_LEN_BITS + minute_bits))
+        + (minute - minute_lo).cast(pl.UInt64) * (1 << _LEN_BITS)
+    )
+    agg = (
+        frame.select("sequence", "exchange_ts", "price", "volume")
+        .hstack([lo, hi])
+        .lazy()
+        .with_columns(key.alias("_key"), _order_key(minute * MINUTE_US))
+        .group_by("_key")
+        .agg(_AGGS)
+        .collect(engine="streaming")
+    )
+    labels = _unpack_keys(agg["_key"].to_numpy(), minute_lo, minute_bits, hi_bits)
+    agg = agg.with_columns(
+        pl.lit(frame["exchange"][0], pl.String).alias("exchange"),
+        labels["symbol"],
+        labels["window_start"],
+    ).drop("_key")
+    if agg.select(pl.struct("symbol", "window_start").is_duplicated().any()).item():
+        return None  # equal symbols with different view padding (not Arrow-conformant): use the string path
+    return _states_from_agg(agg, frame, tz)
+
+
+def _unpack_keys(keys: np.ndarray, minute_lo: int, minute_bits: int, hi_bits: int) -> pl.DataFrame:
+    """Inverse of the packed key, per bar: the symbol (rebuilt as string views) and the window start."""
+    keys = keys.astype(np.uint64)
+    length = keys & np.uint64((1 << _LEN_BITS) - 1)
+    minute = (keys >> np.uint64(_LEN_BITS)) & np.uint64((1 << minute_bits) - 1)
+    hi = (keys >> np.uint64(_LEN_BITS + minute_bits)) & np.uint64((1 << hi_bits) - 1)
+    views = np.empty(2 * len(keys), dtype="<u8")
+    views[0::2] = (keys & np.uint64(0xFFFFFFFF00000000)) | length
+    views[1::2] = hi
+    symbols = pa.Array.from_buffers(pa.string_view(), len(keys), [None, pa.py_buffer(views)])
+    symbol = pl.Series("symbol", symbols, dtype=pl.String)
+    start = (minute.astype(np.int64) + minute_lo) * MINUTE_US
+    return pl.DataFrame([symbol, pl.Series("window_start", start, dtype=pl.Int64)])
 
 
 def _bars_1m_general(ticks: pl.LazyFrame, tz: str) -> pl.DataFrame:
