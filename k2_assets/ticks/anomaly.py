@@ -67,16 +67,7 @@ def flag_anomalies(
     seed = table[sorted_codes]
     starts = np.ones(len(order), dtype=bool)
     starts[1:] = sorted_codes[1:] != sorted_codes[:-1]
-    valid = np.ones(frame.height, dtype=bool)
-    anomaly, reference, changed = ~valid, price, ~valid
-    settled = False
-    for _ in range(max_passes):
-        anomaly, reference = _pass(price, valid, starts, seed, threshold_bps)
-        if np.array_equal(~anomaly, valid):
-            settled = True
-            break
-        changed = ~anomaly != valid
-        valid = ~anomaly
+    anomaly, reference, changed, settled = _settle(price, starts, seed, threshold_bps, max_passes)
     if not settled:
         group = np.cumsum(starts)
         unsettled = pl.DataFrame({"g": group, "c": changed}).select(pl.col("c").cum_max().over("g")).to_series()
@@ -93,20 +84,45 @@ def flag_anomalies(
     )
 
 
-def _pass(
-    price: np.ndarray, valid: np.ndarray, starts: np.ndarray, seed: np.ndarray, threshold_bps: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """One whole-column pass: each tick against the last tick before it in its group that `valid` marks, else the
-    group's seed. A segmented forward fill in numpy: a group start is the code 2*i, a valid tick j the code
-    2*j+1; the running maximum of the codes is the latest of either, so it never crosses into another group."""
-    n = len(price)
-    index = np.arange(n, dtype=np.int64)
-    source = np.full(n, -1, dtype=np.int64)
-    source[1:] = np.where(valid[:-1], 2 * index[:-1] + 1, -1)
-    source[starts] = 2 * index[starts]
-    latest = np.maximum.accumulate(source)
-    from_seed = latest % 2 == 0
-    reference = np.where(from_seed, seed[latest // 2], price[(latest - 1) // 2])
+def _judge(price: np.ndarray, reference: np.ndarray, threshold_bps: int) -> np.ndarray:
+    """Anomaly flags of ticks against their references (no check where the reference is missing or <= 0)."""
     usable = (reference != _NO_REF) & (reference > 0)
     base = np.where(usable, reference, price)  # no arithmetic on the no-reference marker
-    return usable & (np.abs(price - base) * 10_000 > base * threshold_bps), reference
+    return usable & (np.abs(price - base) * 10_000 > base * threshold_bps)
+
+
+def _settle(
+    price: np.ndarray, starts: np.ndarray, seed: np.ndarray, threshold_bps: int, max_passes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The fixed point of the passes (module docstring) over ticks grouped by symbol (`starts` marks each group's
+    first tick, `seed` its reference): (anomaly, reference, changed by the last pass, settled).
+
+    The first pass takes every tick as valid, so each tick's reference is its predecessor (the seed for a group's
+    first). Later passes only differ for ticks right after an invalid one: just those few get a new reference, the
+    last valid tick before them (a binary search over the valid positions), so a pass costs a few linear scans
+    instead of a full recomputation."""
+    n = len(price)
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    first_reference = np.empty(n, dtype=np.int64)
+    first_reference[1:] = price[:-1]
+    first_reference[starts] = seed[starts]
+    first_anomaly = _judge(price, first_reference, threshold_bps)
+    valid = np.ones(n, dtype=bool)
+    anomaly, reference, changed = first_anomaly, first_reference, ~valid
+    for pass_number in range(max_passes):
+        if pass_number:
+            after_invalid = np.flatnonzero(~valid[:-1]) + 1
+            moved = after_invalid[~starts[after_invalid]]  # a group's first tick keeps its seed
+            valid_positions = np.concatenate(([-1], np.flatnonzero(valid)))  # -1: no valid tick before
+            last_valid = valid_positions[np.searchsorted(valid_positions, moved) - 1]
+            in_group = last_valid >= group_start[moved]
+            new_reference = np.where(in_group, price[np.maximum(last_valid, 0)], seed[moved])
+            reference = first_reference.copy()
+            reference[moved] = new_reference
+            anomaly = first_anomaly.copy()
+            anomaly[moved] = _judge(price[moved], new_reference, threshold_bps)
+        if np.array_equal(~anomaly, valid):
+            return anomaly, reference, changed, True
+        changed = ~anomaly != valid
+        valid = ~anomaly
+    return anomaly, reference, changed, False

@@ -92,15 +92,40 @@ _GROUP_KEY = ["_g", "trading_date", "sequence"]  # DEDUP_KEY with (exchange, sym
 _SEP = "\x1f"
 
 
-def _first_of_key(frame: pl.DataFrame, key: list[str]) -> pl.Series:
-    """True for the first row (lowest arrival) of each key. Duplicates are rare: a 64-bit hash finds the few
-    candidate rows cheaply, and only those are compared by their actual key."""
-    hashed = frame.select(pl.struct(key).hash().is_duplicated()).to_series()
+def _first_of_key(frame: pl.DataFrame) -> pl.Series:
+    """True for the first row (lowest arrival; `frame` is in arrival order) of each _GROUP_KEY."""
+    key = _packed_key(frame)
+    if key is not None:
+        return frame.select(key.is_first_distinct()).to_series()
+    # Duplicates are rare: a 64-bit hash finds the few candidate rows, only those are compared by their actual key.
+    hashed = frame.select(pl.struct(_GROUP_KEY).hash().is_duplicated()).to_series()
     if not hashed.any():
         return pl.Series([True] * frame.height, dtype=pl.Boolean)
-    candidates = frame.select(*key, "arrival").filter(hashed)
-    repeats = candidates.filter(~pl.struct(key).is_first_distinct())["arrival"]
+    candidates = frame.select(*_GROUP_KEY, "arrival").filter(hashed)
+    repeats = candidates.filter(~pl.struct(_GROUP_KEY).is_first_distinct())["arrival"]
     return ~frame["arrival"].is_in(repeats.implode())
+
+
+def _packed_key(frame: pl.DataFrame) -> pl.Expr | None:
+    """(_g, trading_date, sequence) as one int64 when their ranges fit in 63 bits and none is null: an exact key
+    (no collisions), hashed much faster than a struct. None otherwise."""
+    if frame.is_empty():
+        return None
+    b = frame.select(
+        pl.col("_g").cast(pl.Int64).max().alias("g"),
+        pl.col("trading_date").cast(pl.Int32).min().alias("d0"),
+        pl.col("trading_date").cast(pl.Int32).max().alias("d1"),
+        pl.col("sequence").min().alias("s0"),
+        pl.col("sequence").max().alias("s1"),
+        pl.sum_horizontal(pl.col(_GROUP_KEY).null_count()).alias("nulls"),
+    ).row(0, named=True)
+    if b["nulls"]:
+        return None
+    days, seqs = b["d1"] - b["d0"] + 1, b["s1"] - b["s0"] + 1
+    if (b["g"] + 1) * days * seqs >= 2**63:
+        return None
+    date = pl.col("trading_date").cast(pl.Int32).cast(pl.Int64) - b["d0"]
+    return (pl.col("_g").cast(pl.Int64) * days + date) * seqs + (pl.col("sequence") - b["s0"])
 
 
 def empty_keys() -> pl.DataFrame:
@@ -113,11 +138,12 @@ def _narrow(raw: pl.DataFrame, derivatives: list[str]) -> pl.DataFrame:
     """The columns the rules need, in arrival order (topic, partition, offset), with `_row` pointing back into `raw`
     and `_g` an integer code of (exchange, symbol). All the logic runs on this; wide columns (strings, lists,
     bytes) are gathered once per output at the end."""
-    order = raw.select(pl.arg_sort_by(SOURCE_COLUMNS)).to_series()
+    order = _arrival_order(raw)
     # One exchange per batch is the rule (a topic per exchange): then the symbol alone is the group.
     one_exchange = raw["exchange"].drop_nulls().n_unique() <= 1
     key = pl.col("symbol") if one_exchange else pl.concat_str(["exchange", "symbol"], separator=_SEP)
     group = pl.when(pl.col("exchange").is_not_null()).then(key.cast(pl.Categorical).to_physical())
+    derivative = pl.col("symbol").is_in(derivatives).fill_null(False) if derivatives else pl.lit(False)
     narrow = raw.select(
         pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"),
         pl.col("exchange").cast(pl.Categorical),
@@ -128,10 +154,25 @@ def _narrow(raw: pl.DataFrame, derivatives: list[str]) -> pl.DataFrame:
         "volume",
         pl.col("decode_error").is_null().alias("_decoded"),
         pl.any_horizontal([pl.col(c).is_null() for c in REQUIRED]).alias("_missing"),
-        pl.col("symbol").is_in(derivatives).fill_null(False).alias("_derivative"),
+        derivative.alias("_derivative"),
     )
-    narrow = narrow.select(pl.all().gather(order)).with_row_index("arrival")
+    if order is not None:
+        narrow = narrow.select(pl.all().gather(order))
+    narrow = narrow.with_row_index("arrival")
     return narrow.with_columns(trading_dates(narrow))
+
+
+def _arrival_order(raw: pl.DataFrame) -> pl.Series | None:
+    """Positions that put `raw` in arrival order (topic, partition, offset); None when it already is (the usual
+    case: raw_ticks is written and read in that order). Integer keys only when the batch has one topic."""
+    one_topic = raw.is_empty() or (raw["kafka_topic"] == raw["kafka_topic"][0]).all()
+    keys = SOURCE_COLUMNS[1:] if one_topic else SOURCE_COLUMNS
+    if one_topic:
+        partition, offset = pl.col("kafka_partition"), pl.col("kafka_offset")
+        step = (partition.diff() > 0) | ((partition.diff() == 0) & (offset.diff() > 0))
+        if raw.select(step.fill_null(True).all()).item():
+            return None
+    return raw.select(pl.arg_sort_by(keys)).to_series()
 
 
 def _groups(raw: pl.DataFrame, narrow: pl.DataFrame) -> pl.DataFrame:
@@ -184,7 +225,7 @@ def validate(
     failed = narrow.filter(failing).with_columns(reasons["reasons"], pl.lit(None, pl.String).alias("_detail"))
     passed = narrow.filter(~failing)
 
-    first_of_key = _first_of_key(passed, _GROUP_KEY)
+    first_of_key = _first_of_key(passed)
     in_batch_dups = passed.filter(~first_of_key).with_columns(pl.lit("batch").alias("duplicate_of"))
     unique = passed.filter(first_of_key)
     table_dups = in_batch_dups.clear()

@@ -92,3 +92,21 @@ def test_validate_quarantines_anomalies_with_the_reference_in_the_detail() -> No
     assert result.quarantine["detail"][0] == "price 56.25 vs last valid 45.0 (25.0%)"
     assert result.ticks["kafka_offset"].to_list() == [0, 2, 3]
     assert result.received.filter(~pl.col("valid"))["sequence"].to_list() == [2]
+
+
+def test_interleaved_symbols_with_runs_of_spikes_equal_the_definition_per_symbol() -> None:
+    rng = np.random.default_rng(9)
+    for _ in range(30):
+        n = int(rng.integers(2, 300))
+        symbols = rng.choice(["BHP", "CBA", "CSL"], size=n).tolist()
+        spikes = rng.random(n) < rng.uniform(0.0, 0.4)  # up to long runs of anomalies back to back
+        prices = (rng.uniform(95, 105, n) * np.where(spikes, rng.choice([0.5, 1.5, 3.0], n), 1.0) * 1e6).astype(
+            np.int64
+        )
+        flags = flag_anomalies(ticks(prices.tolist(), symbols), last("CBA", 100_000_000), BPS, max_passes=400)
+        for symbol in ("BHP", "CBA", "CSL"):
+            mine = [i for i, s in enumerate(symbols) if s == symbol]
+            if not mine:
+                continue
+            expected = sequential([int(prices[i]) for i in mine], 100_000_000 if symbol == "CBA" else None)
+            assert [flags["anomaly"][i] for i in mine] == expected, symbol
