@@ -22,13 +22,14 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pyarrow as pa
+from pyiceberg.types import TimestampType, TimestamptzType
 
 from k2.query import reads
 from k2.query.audit import AuditEvent, AuditLog
 from k2.query.engine import Execution, QueryEngine, QueryLimits, TableMeta, shared_engine
 from k2.query.router import Freshness, KafkaOffsetProbe, Part, Tail, TailReader
 from k2.query.scanplan import ScanFilter
-from k2.query.sqlcheck import analyse
+from k2.query.sqlcheck import TableBounds, analyse, where_bounds
 from k2.query.timetravel import AsOf, Pin, resolve
 from k2_resources.auth import Authorizer, AuthStore, authenticate, resource_for_table
 from k2_resources.env import Settings, load_settings
@@ -63,6 +64,22 @@ class QueryResult:
 
     def pandas(self) -> pd.DataFrame:
         return self.arrow.to_pandas()
+
+
+def _scan_filter(meta: TableMeta, bounds: TableBounds) -> ScanFilter | None:
+    """The file-list filter of a raw SQL read: its symbols, and the time range on one timestamp column (the table's
+    usual time column first). None when the WHERE clause constrains neither."""
+    types = {f.name: f.field_type for f in meta.table.schema().fields}
+    timed = [c for c in bounds.times if isinstance(types.get(c), (TimestampType, TimestamptzType))]
+    column = min(timed, key=lambda c: (c not in ("exchange_ts", "window_start"), c), default=None)
+    if column is None and bounds.symbols is None:
+        return None
+    start, end = bounds.times[column] if column is not None else (None, None)
+    return ScanFilter(tuple(sorted(bounds.symbols or ())), column, _utc_micros(start), _utc_micros(end))
+
+
+def _utc_micros(value: int | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=value)
 
 
 _audit_logs: dict[tuple[str, str, str], AuditLog] = {}
@@ -267,10 +284,13 @@ class Client:
 
     def _simple(
         self, sql: str, params: list[Any], reads_: Sequence[str], as_of: AsOf, cache: bool,
-        extra: dict[str, pa.Table] | None = None, scan: dict[str, ScanFilter] | None = None,
+        extra: dict[str, pa.Table] | None = None,
+        scan: dict[str, ScanFilter] | Callable[[dict[str, TableMeta]], dict[str, ScanFilter]] | None = None,
     ) -> QueryResult:  # fmt: skip
         t0 = time.perf_counter()
         tables = self.engine.tables()
+        if callable(scan):
+            scan = scan(tables)
         pin = self._pin(as_of, tables, reads_)
         done: Execution = self.engine.execute(
             sql, params, reads=reads_, pinned=dict(pin.snapshots) if pin else {}, cache=cache, tables=tables,
@@ -362,6 +382,11 @@ class Client:
         def run() -> QueryResult:
             if "audit_log" in shapes[0].tables:
                 self.audit_log.flush()  # what compliance reads matches every call made so far
-            return self._simple(sql, [], sorted(shapes[0].tables), as_of, cache=shapes[0].aggregate)
+            bounds = {} if shapes[0].table_functions else where_bounds(sql, self.settings.namespace)
+
+            def scan(tables: dict[str, TableMeta]) -> dict[str, ScanFilter]:
+                return {n: f for n, b in bounds.items() if n in tables and (f := _scan_filter(tables[n], b))}
+
+            return self._simple(sql, [], sorted(shapes[0].tables), as_of, cache=shapes[0].aggregate, scan=scan)
 
         return self._governed("sql", needs, run, as_of=as_of, detail=sql)

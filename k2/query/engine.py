@@ -293,15 +293,10 @@ class QueryEngine:
                 source = f"SELECT * FROM iceberg_scan('{meta.metadata_location}'{version})"
             if scan and name in scan and name not in how:
                 how[name] = "iceberg_scan" if snapshot_id is not None else "empty"
-            qualified = f"{self.namespace}.{name}"
-            for view in (name,) if files is not None else (name, qualified):
+            for view in (name, f"{self.namespace}.{name}"):
                 if slot.views.get(view) != source:
                     slot.con.execute(f"CREATE OR REPLACE VIEW {view} AS {source}")
                     slot.views[view] = source
-            if files is not None and slot.views.pop(qualified, None) is not None:
-                # A per-query file list goes to the unqualified view only (the typed reads' SQL names no other):
-                # one view bind per query instead of two. The qualified view is dropped, never left stale.
-                slot.con.execute(f"DROP VIEW IF EXISTS {qualified}")
         return how
 
     @staticmethod

@@ -89,3 +89,157 @@ def analyse(sql: str, namespace: str) -> SqlShape:
         if node.get("type") == "SELECT_NODE" and node.get("group_expressions"):
             aggregate = True
     return SqlShape(frozenset((tables - ctes) | qualified), frozenset(functions), aggregate)
+
+
+# ---- predicates a statement's WHERE implies (the file-list fast path for raw SQL) ------------------------------
+
+_TIME_CASTS = frozenset({"TIMESTAMP WITH TIME ZONE", "TIMESTAMP", "DATE", "VARCHAR", "TIMESTAMP_NS", "TIMESTAMP_MS"})
+_FLIP = {
+    "COMPARE_EQUAL": "COMPARE_EQUAL",
+    "COMPARE_GREATERTHAN": "COMPARE_LESSTHAN",
+    "COMPARE_GREATERTHANOREQUALTO": "COMPARE_LESSTHANOREQUALTO",
+    "COMPARE_LESSTHAN": "COMPARE_GREATERTHAN",
+    "COMPARE_LESSTHANOREQUALTO": "COMPARE_GREATERTHANOREQUALTO",
+}
+
+
+@cache
+def _utc() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")  # the query slots' time zone: a literal means what it means there
+    return con
+
+
+@dataclass(frozen=True)
+class TableBounds:
+    """What every row a statement can use of one table satisfies: symbol in `symbols` (None: unconstrained) and,
+    per column, [start, end) in epoch µs (None: open)."""
+
+    symbols: frozenset[str] | None
+    times: dict[str, tuple[int | None, int | None]]
+
+
+def _column(node: Any, names: set[str]) -> str | None:
+    if not isinstance(node, dict) or node.get("class") != "COLUMN_REF":
+        return None
+    parts = [str(p).lower() for p in node.get("column_names", [])]
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2 and parts[0] in names:
+        return parts[1]
+    return None
+
+
+def _string(node: Any) -> str | None:
+    if isinstance(node, dict) and node.get("class") == "CONSTANT":
+        value = node.get("value", {})
+        if not value.get("is_null") and value.get("type", {}).get("id") == "VARCHAR":
+            return str(value.get("value"))
+    return None
+
+
+def _micros(node: Any) -> int | None:
+    """A literal time (a string, or a cast of one to a time type), as DuckDB in UTC reads it; else None."""
+    cast = "VARCHAR"
+    if isinstance(node, dict) and node.get("class") == "CAST" and not node.get("try_cast"):
+        cast = str(node.get("cast_type", {}).get("id", ""))
+        node = node.get("child")
+    text = _string(node)
+    if text is None or cast not in _TIME_CASTS:
+        return None
+    target = "VARCHAR" if cast == "VARCHAR" else cast
+    try:
+        with _lock:
+            row = _utc().execute(f"SELECT epoch_us(CAST(CAST(? AS {target}) AS TIMESTAMPTZ))", [text]).fetchone()
+    except duckdb.Error:
+        return None
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def _conjuncts(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict) and node.get("type") == "CONJUNCTION_AND":
+        for child in node.get("children", []):
+            yield from _conjuncts(child)
+    elif isinstance(node, dict):
+        yield node
+
+
+def _bounds(where: Any, names: set[str]) -> TableBounds:
+    symbols: frozenset[str] | None = None
+    conflict = False
+    times: dict[str, tuple[int | None, int | None]] = {}
+
+    def narrow(column: str, start: int | None, end: int | None) -> None:
+        lo, hi = times.get(column, (None, None))
+        lo = start if lo is None else (lo if start is None else max(lo, start))
+        hi = end if hi is None else (hi if end is None else min(hi, end))
+        times[column] = (lo, hi)
+
+    for node in _conjuncts(where):
+        kind = node.get("type")
+        found: frozenset[str] | None = None
+        if kind == "COMPARE_IN" and node.get("class") == "OPERATOR":
+            children = node.get("children", [])
+            values = [_string(c) for c in children[1:]]
+            if _column(children[0] if children else None, names) == "symbol" and values and None not in values:
+                found = frozenset(v for v in values if v is not None)
+        elif kind == "COMPARE_BETWEEN":
+            column = _column(node.get("input"), names)
+            lo, hi = _micros(node.get("lower")), _micros(node.get("upper"))
+            if column is not None:
+                narrow(column, lo, hi + 1 if hi is not None else None)
+        elif kind in _FLIP and node.get("class") == "COMPARISON":
+            left, right, op = node.get("left"), node.get("right"), kind
+            if _column(left, names) is None:
+                left, right, op = right, left, _FLIP[kind]
+            column = _column(left, names)
+            if column == "symbol" and op == "COMPARE_EQUAL" and _string(right) is not None:
+                found = frozenset({str(_string(right))})
+            elif column is not None and (at := _micros(right)) is not None:
+                if op == "COMPARE_EQUAL":
+                    narrow(column, at, at + 1)
+                elif op in ("COMPARE_GREATERTHAN", "COMPARE_GREATERTHANOREQUALTO"):
+                    narrow(column, at, None)
+                elif op == "COMPARE_LESSTHAN":
+                    narrow(column, None, at)
+                else:
+                    narrow(column, None, at + 1)
+        if found is not None:
+            if symbols is not None and not (symbols & found):
+                conflict = True  # contradictory: no row matches; do not prune on symbols rather than reason about it
+            symbols = found if symbols is None else symbols & found or symbols
+    return TableBounds(None if conflict else symbols, times)
+
+
+def where_bounds(sql: str, namespace: str) -> dict[str, TableBounds]:
+    """For a statement that is one SELECT over one base table, referenced once, with no CTE, no time travel
+    clause and no sample: the bounds its WHERE clause's top-level AND terms put on that table's rows (`symbol = `,
+    `symbol IN`, comparisons and BETWEEN of a column with a time literal). Anything else constrains nothing:
+    {} means "read everything". Every row the statement can use satisfies the bounds, so files whose column
+    bounds exclude them can be skipped."""
+    with _lock:
+        raw = _parser().execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    tree: dict[str, Any] = json.loads(raw[0]) if raw else {}
+    statements = tree.get("statements") or []
+    if tree.get("error") or len(statements) != 1:
+        return {}
+    nodes = list(_walk(statements))
+    if any((n.get("cte_map") or {}).get("map") for n in nodes):
+        return {}
+    bases = [n for n in nodes if n.get("type") == "BASE_TABLE"]
+    select = statements[0].get("node", {})
+    source = select.get("from_table") or {}
+    if (
+        select.get("type") != "SELECT_NODE"
+        or len(bases) != 1
+        or source is not bases[0]
+        or source.get("at_clause")
+        or source.get("sample")
+        or source.get("catalog_name")
+        or str(source.get("schema_name") or "").lower() not in ("", namespace.lower())
+        or select.get("where_clause") is None
+    ):
+        return {}
+    table = str(source.get("table_name", "")).lower()
+    names = {table, str(source.get("alias") or "").lower()} - {""}
+    return {table: _bounds(select["where_clause"], names)}
