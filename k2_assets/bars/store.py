@@ -277,26 +277,40 @@ def pending_outboxes(bars: Table, applied: str) -> list[str]:
 
 def drain_outbox(bars: Table, corrections: Table, max_attempts: int = 8) -> int:
     """Move staged corrections of `bars` into bar_corrections exactly once; returns rows moved."""
-    name = bars.name()[-1]
+    return drain_outboxes([bars], corrections, max_attempts)
+
+
+def drain_outboxes(bars: Iterable[Table], corrections: Table, max_attempts: int = 8) -> int:
+    """Move the staged corrections of every table in `bars` into bar_corrections exactly once, in one commit (one
+    per run, not one per bar table); returns rows moved."""
+    bars = list(bars)
     for attempt in range(1, max_attempts + 1):
-        bars.refresh()
         corrections.refresh()
         applied = _applied(corrections)
-        ids = pending_outboxes(bars, applied.get(name, ""))
-        if not ids:
+        pending: dict[str, list[str]] = {}
+        for table in bars:
+            table.refresh()
+            name = table.name()[-1]
+            ids = pending_outboxes(table, applied.get(name, ""))
+            if ids:
+                pending[name] = ids
+        if not pending:
             return 0
         tables = []
-        for outbox_id in ids:
-            with corrections.io.new_input(outbox_path(corrections, outbox_id)).open() as source:
-                tables.append(pq.read_table(source))
+        for ids in pending.values():
+            for outbox_id in ids:
+                with corrections.io.new_input(outbox_path(corrections, outbox_id)).open() as source:
+                    tables.append(pq.read_table(source))
         rows = pa.concat_tables(tables).cast(corrections.schema().as_arrow())
-        props = {OUTBOX_APPLIED: json.dumps({**applied, name: ids[-1]}, sort_keys=True)}
+        marks = {name: ids[-1] for name, ids in pending.items()}
+        props = {OUTBOX_APPLIED: json.dumps({**applied, **marks}, sort_keys=True)}
         try:
             append_with_properties(corrections, rows, props)
         except CommitFailedException:
             time.sleep(min(0.02 * 2**attempt, 1.0))
             continue
-        for outbox_id in ids:
-            corrections.io.delete(outbox_path(corrections, outbox_id))
+        for ids in pending.values():
+            for outbox_id in ids:
+                corrections.io.delete(outbox_path(corrections, outbox_id))
         return rows.num_rows
     return 0
