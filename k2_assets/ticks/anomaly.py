@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from k2_assets.ticks.ordering import stable_group_order
+
 _FIRST_SEEN = 11  # prices whose median seeds the reference of a symbol with no carried last price
 _NO_REF = -(2**63)  # marks "no reference price yet" through a forward fill; no price is -2^63 millionths
 
@@ -54,11 +56,10 @@ def flag_anomalies(
     else:
         groups = groups.with_columns(pl.lit(None, pl.Int64).alias("_carried"))
     groups = groups.select("_g", pl.coalesce("_carried", "_median").alias("_seed"))
-    # Rows of a symbol together, in arrival order inside the group: a stable argsort of the group code (numpy radix
-    # sorts 16-bit keys), and each row's seed looked up in a table indexed by the code.
+    # Rows of a symbol together, in arrival order inside the group (a stable argsort of the group code), and each
+    # row's seed looked up in a table indexed by the code.
     codes = frame["_g"].cast(pl.Int64).fill_null(-1).to_numpy() + 1  # 0: no group (never in validated rows)
-    narrow_codes = codes.astype(np.uint16) if codes.max() < 2**16 else codes
-    order = np.argsort(narrow_codes, kind="stable")
+    order = stable_group_order(pl.Series(codes))
     table = np.full(int(codes.max()) + 1, _NO_REF, dtype=np.int64)
     seeds = groups.filter(pl.col("_seed").is_not_null())
     table[seeds["_g"].cast(pl.Int64).to_numpy() + 1] = seeds["_seed"].to_numpy()

@@ -3,6 +3,7 @@ than on several columns, and ~10x cheaper than on the symbol strings."""
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 _INT63 = 2**63 - 1
@@ -24,3 +25,11 @@ def grouped_time_order(frame: pl.DataFrame, group: pl.Expr, ts: str, tiebreak: s
             key = group.cast(pl.Int64) * span + (pl.col(ts) - bounds["lo"])
             return frame.select(pl.arg_sort_by(key, tiebreak)).to_series()
     return frame.select(pl.arg_sort_by(group, ts, tiebreak)).to_series()
+
+
+def stable_group_order(codes: pl.Series) -> np.ndarray:
+    """Positions that put equal non-negative integer codes together, keeping the input order among equals. numpy's
+    stable sort is a radix sort on 16-bit keys: ~10x cheaper than a stable polars sort of a million rows."""
+    values = codes.to_numpy()
+    narrow = values.astype(np.uint16) if len(values) and values.max() < 2**16 else values
+    return np.argsort(narrow, kind="stable")

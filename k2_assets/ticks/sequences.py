@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from k2_assets.ticks.ordering import stable_group_order
+
 GAP = "gap"
 RESET = "reset"
 GROUP = ["exchange", "symbol"]
@@ -133,12 +135,12 @@ def track_sequences(
         pl.col("last_price_ts").alias("_s_price_ts"),
     )
     before = names.join(before, on=GROUP, how="left").drop(GROUP)
-    rows = (
-        received.select("_g", "sequence", "exchange_ts", "trading_date", "price", "valid", "arrival")
-        .sort("arrival")
-        .join(before, on="_g", how="left", maintain_order="left")
-        .sort("_g", maintain_order=True)  # stable: arrival order inside each symbol
-        .with_columns(_group_start("_g").alias("_start"))
+    in_arrival_order = received.select(
+        "_g", "sequence", "exchange_ts", "trading_date", "price", "valid", "arrival"
+    ).sort("arrival")
+    by_symbol = in_arrival_order[stable_group_order(in_arrival_order["_g"])]  # arrival order inside each symbol
+    rows = by_symbol.join(before, on="_g", how="left", maintain_order="left").with_columns(
+        _group_start("_g").alias("_start")
     )
     prev_seq = pl.when(pl.col("_start")).then(pl.col("_s_prev")).otherwise(pl.col("sequence").shift(1))
     prev_ts = pl.when(pl.col("_start")).then(pl.col("_s_prev_ts")).otherwise(pl.col("exchange_ts").shift(1))
