@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 import pyarrow as pa
@@ -21,11 +21,18 @@ from pyiceberg.table.snapshots import Snapshot
 
 from k2_resources import iceberg_partitions
 from k2_resources.env import Settings
-from k2_resources.errors import CommitConflictError, OffsetGapError, SnapshotNotFoundError, TableNotFoundError
+from k2_resources.errors import (
+    CommitConflictError,
+    OffsetGapError,
+    OffsetRangeError,
+    SnapshotNotFoundError,
+    TableNotFoundError,
+)
 from k2_resources.tables import ALL_TABLES, TableDef
 
 WATERMARK_PROPERTY = "k2.kafka.watermarks"
 BATCH_PROPERTY = "k2.batch-id"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, order=True)
@@ -198,7 +205,43 @@ def commit_offset_ranges(
     `build_rows(todo)` returns the rows of exactly the still-uncommitted ranges. On a commit conflict the table is
     reloaded and the offset check re-run, so a range another writer committed meanwhile is skipped, never doubled.
     """
-    planned = sorted(ranges)
+
+    def append(rows: pa.Table, properties: dict[str, str]) -> int:
+        if before_commit is not None:
+            before_commit()
+        append_with_properties(table, rows, properties)
+        return rows.num_rows
+
+    return commit_once(
+        table,
+        sorted(ranges),
+        build_rows,
+        append,
+        batch_id=batch_id,
+        extra_properties=extra_properties,
+        max_attempts=max_attempts,
+    )
+
+
+def commit_once(
+    table: Table,
+    planned: list[OffsetRange],
+    build: Callable[[list[OffsetRange]], T],
+    commit: Callable[[T, dict[str, str]], int],
+    *,
+    batch_id: str,
+    whole_batch: bool = False,
+    extra_properties: dict[str, str] | None = None,
+    max_attempts: int = 8,
+) -> CommitOutcome:
+    """The exactly-once loop every ingest-side writer shares (ARCHITECTURE.md decision 2): reload the table, trim
+    the planned ranges to its watermark, `build(todo)` what those ranges add, and `commit(built, properties)` it in
+    one snapshot (or one transaction whose snapshots all carry the properties: the new watermark and the batch id),
+    returning the rows written. A lost commit race (CommitFailedException) starts over from the reload, K2-side,
+    so a range another writer committed meanwhile is skipped, never doubled.
+
+    `whole_batch`: the result cannot be split by offset range (a gap belongs to a symbol, not to an offset), so a
+    table holding some but not all of the planned ranges is an error instead of a trim."""
     for attempt in range(1, max_attempts + 1):
         with storage_errors(table, batch_id):
             table.refresh()
@@ -207,27 +250,28 @@ def commit_offset_ranges(
         todo = [r for r in todo if r.size > 0]
         if not todo:
             return CommitOutcome(0, (), tuple(done), None, attempt)
-        rows = build_rows(todo)
+        if whole_batch and todo != [r for r in planned if r.size > 0]:
+            raise OffsetRangeError(
+                f"{'.'.join(table.name())} has part of batch {batch_id} ({done}) but not all of it ({todo}): its "
+                "result cannot be split by offset range; re-plan the batch from this table's watermark"
+            )
+        built = build(todo)
         properties = {
             WATERMARK_PROPERTY: encode_watermarks(advance(watermarks, todo)),
             BATCH_PROPERTY: batch_id,
             **(extra_properties or {}),
         }
         try:
-            if before_commit is not None:
-                before_commit()
             with storage_errors(table, batch_id):
-                append_with_properties(table, rows, properties)
+                rows = commit(built, properties)
         except CommitFailedException:
             time.sleep(min(0.05 * 2**attempt, 2.0))
             continue
         snapshot = table.current_snapshot()
-        return CommitOutcome(
-            rows.num_rows, tuple(todo), tuple(done), snapshot.snapshot_id if snapshot else None, attempt
-        )
+        return CommitOutcome(rows, tuple(todo), tuple(done), snapshot.snapshot_id if snapshot else None, attempt)
     raise CommitConflictError(
-        f"{table.name()}: lost the commit race {max_attempts} times for batch {batch_id}; nothing was committed, "
-        "re-run the batch"
+        f"{'.'.join(table.name())}: lost the commit race {max_attempts} times for batch {batch_id}; nothing was "
+        "committed, re-run the batch"
     )
 
 
