@@ -271,8 +271,9 @@ class Client:
         pinned: dict[str, int | None] = dict(pin.snapshots) if pin else {"ticks": meta.snapshot_id}
         scan = {"ticks": ScanFilter(tuple(symbols), "exchange_ts", start, end)}
         done = self.engine.execute(
-            sql, params * repeats, reads=["ticks"], pinned=pinned, extra_tables=extra, tables=tables, scan=scan
-        )
+            sql, params * repeats, reads=["ticks"], pinned=pinned, extra_tables=extra, tables=tables, scan=scan,
+            qualified=(),
+        )  # fmt: skip
         data, counts = reads.split_source(done.table)
         if not counts and route != "kafka":  # an Iceberg-only read has no _k2_source column
             counts = {"iceberg": data.num_rows}
@@ -286,6 +287,7 @@ class Client:
         self, sql: str, params: list[Any], reads_: Sequence[str], as_of: AsOf, cache: bool,
         extra: dict[str, pa.Table] | None = None,
         scan: dict[str, ScanFilter] | Callable[[dict[str, TableMeta]], dict[str, ScanFilter]] | None = None,
+        qualified: Sequence[str] = (),
     ) -> QueryResult:  # fmt: skip
         t0 = time.perf_counter()
         tables = self.engine.tables()
@@ -294,7 +296,7 @@ class Client:
         pin = self._pin(as_of, tables, reads_)
         done: Execution = self.engine.execute(
             sql, params, reads=reads_, pinned=dict(pin.snapshots) if pin else {}, cache=cache, tables=tables,
-            extra_tables=extra, scan=scan,
+            extra_tables=extra, scan=scan, qualified=qualified,
         )  # fmt: skip
         fresh = Freshness(route="iceberg", as_of=pin.label if pin else None, cached=done.cached)
         fresh.parts = [Part("iceberg", n, done.table.num_rows, s) for n, s in done.snapshots.items()]
@@ -387,6 +389,9 @@ class Client:
             def scan(tables: dict[str, TableMeta]) -> dict[str, ScanFilter]:
                 return {n: f for n, b in bounds.items() if n in tables and (f := _scan_filter(tables[n], b))}
 
-            return self._simple(sql, [], sorted(shapes[0].tables), as_of, cache=shapes[0].aggregate, scan=scan)
+            return self._simple(
+                sql, [], sorted(shapes[0].tables), as_of, cache=shapes[0].aggregate, scan=scan,
+                qualified=sorted(shapes[0].qualified),
+            )  # fmt: skip
 
         return self._governed("sql", needs, run, as_of=as_of, detail=sql)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,8 +268,10 @@ class QueryEngine:
         tables: dict[str, TableMeta],
         snapshots: dict[str, int | None],
         scan: dict[str, ScanFilter] | None = None,
+        qualified: Collection[str] | None = None,
     ) -> dict[str, str]:
-        """Point each view at its table's snapshot; returns how each table in `scan` is read."""
+        """Point each view at its table's snapshot; returns how each table in `scan` is read. `qualified` names the
+        tables the SQL reads as <namespace>.<table> (None: unknown, both views are kept current)."""
         how: dict[str, str] = {}
         for name, meta in tables.items():
             pinned = snapshots.get(name)
@@ -293,7 +295,15 @@ class QueryEngine:
                 source = f"SELECT * FROM iceberg_scan('{meta.metadata_location}'{version})"
             if scan and name in scan and name not in how:
                 how[name] = "iceberg_scan" if snapshot_id is not None else "empty"
-            for view in (name, f"{self.namespace}.{name}"):
+            qualified_view = f"{self.namespace}.{name}"
+            views = [name]
+            if files is None or qualified is None or name in qualified:
+                views.append(qualified_view)
+            elif slot.views.pop(qualified_view, None) is not None:
+                # A per-query file list goes only to the view names the SQL uses (one view bind, not two); the
+                # other is dropped, never left pointing at another query's files.
+                slot.con.execute(f"DROP VIEW IF EXISTS {qualified_view}")
+            for view in views:
                 if slot.views.get(view) != source:
                     slot.con.execute(f"CREATE OR REPLACE VIEW {view} AS {source}")
                     slot.views[view] = source
@@ -329,12 +339,14 @@ class QueryEngine:
         tables: dict[str, TableMeta] | None = None,
         extra_tables: dict[str, pa.Table] | None = None,
         scan: dict[str, ScanFilter] | None = None,
+        qualified: Collection[str] | None = None,
     ) -> Execution:
         """Run one SELECT. `reads` names the tables it reads (they must exist); `pinned` maps tables to snapshot ids
         (time travel); `cache` allows the result cache; `extra_tables` are registered for this query only.
 
         `scan` maps a table to the rows the SQL needs of it: every row of it the SQL can use must match that filter
-        (symbol and time range), so the view may hold only the data files whose bounds match it."""
+        (symbol and time range), so the view may hold only the data files whose bounds match it. `qualified` names
+        the tables the SQL reads as <namespace>.<table> (None: not known)."""
         pinned = pinned or {}
         tables = tables if tables is not None else self.tables()
         for name in reads:
@@ -356,7 +368,7 @@ class QueryEngine:
             slot.con.interrupt()
 
         try:
-            sources = self._install_views(slot, tables, pinned, scan)
+            sources = self._install_views(slot, tables, pinned, scan, qualified)
             for name, extra in (extra_tables or {}).items():
                 slot.con.register(name, extra)
             timer = _watchdog.arm(self.limits.timeout_s, watchdog)

@@ -10,7 +10,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import duckdb
@@ -41,6 +41,15 @@ class SqlShape:
     tables: frozenset[str]  # base tables referenced, namespace stripped, CTE names excluded
     table_functions: frozenset[str]
     aggregate: bool
+    qualified: frozenset[str] = frozenset()  # tables referenced as <namespace>.<table>
+
+
+@lru_cache(maxsize=512)
+def _serialized(sql: str) -> str | None:
+    """DuckDB's parse tree of `sql` as JSON text (cached: analyse and where_bounds read the same statement)."""
+    with _lock:
+        raw = _parser().execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    return str(raw[0]) if raw else None
 
 
 def _walk(node: Any) -> Iterator[dict[str, Any]]:
@@ -54,9 +63,8 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
 
 
 def analyse(sql: str, namespace: str) -> SqlShape:
-    with _lock:
-        raw = _parser().execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-    tree: dict[str, Any] = json.loads(raw[0]) if raw else {"error": True, "error_message": "no result"}
+    raw = _serialized(sql)
+    tree: dict[str, Any] = json.loads(raw) if raw else {"error": True, "error_message": "no result"}
     if tree.get("error"):
         message = tree.get("error_message", "")
         if "Only SELECT" in message:
@@ -88,7 +96,7 @@ def analyse(sql: str, namespace: str) -> SqlShape:
             aggregate = True
         if node.get("type") == "SELECT_NODE" and node.get("group_expressions"):
             aggregate = True
-    return SqlShape(frozenset((tables - ctes) | qualified), frozenset(functions), aggregate)
+    return SqlShape(frozenset((tables - ctes) | qualified), frozenset(functions), aggregate, frozenset(qualified))
 
 
 # ---- predicates a statement's WHERE implies (the file-list fast path for raw SQL) ------------------------------
@@ -138,22 +146,26 @@ def _string(node: Any) -> str | None:
     return None
 
 
-def _micros(node: Any) -> int | None:
-    """A literal time (a string, or a cast of one to a time type), as DuckDB in UTC reads it; else None."""
+def _time_literal(node: Any) -> tuple[str, str] | None:
+    """(text, DuckDB type) of a literal time: a string, or a cast of one to a time type; else None."""
     cast = "VARCHAR"
     if isinstance(node, dict) and node.get("class") == "CAST" and not node.get("try_cast"):
         cast = str(node.get("cast_type", {}).get("id", ""))
         node = node.get("child")
     text = _string(node)
-    if text is None or cast not in _TIME_CASTS:
-        return None
-    target = "VARCHAR" if cast == "VARCHAR" else cast
-    try:
-        with _lock:
-            row = _utc().execute(f"SELECT epoch_us(CAST(CAST(? AS {target}) AS TIMESTAMPTZ))", [text]).fetchone()
-    except duckdb.Error:
-        return None
-    return int(row[0]) if row and row[0] is not None else None
+    return None if text is None or cast not in _TIME_CASTS else (text, cast)
+
+
+def _micros(literals: list[tuple[str, str]]) -> list[int | None]:
+    """The literals as epoch µs, read by DuckDB in UTC as the query slot reads them (None: not a time), in one
+    query."""
+    if not literals:
+        return []
+    terms = ", ".join(f"epoch_us(TRY_CAST(TRY_CAST(? AS {cast}) AS TIMESTAMPTZ))" for _, cast in literals)
+    with _lock:
+        row = _utc().execute(f"SELECT [{terms}]", [text for text, _ in literals]).fetchone()
+    values = row[0] if row else None
+    return [int(v) if v is not None else None for v in values] if values else [None] * len(literals)
 
 
 def _conjuncts(node: Any) -> Iterator[dict[str, Any]]:
@@ -167,13 +179,7 @@ def _conjuncts(node: Any) -> Iterator[dict[str, Any]]:
 def _bounds(where: Any, names: set[str]) -> TableBounds:
     symbols: frozenset[str] | None = None
     conflict = False
-    times: dict[str, tuple[int | None, int | None]] = {}
-
-    def narrow(column: str, start: int | None, end: int | None) -> None:
-        lo, hi = times.get(column, (None, None))
-        lo = start if lo is None else (lo if start is None else max(lo, start))
-        hi = end if hi is None else (hi if end is None else min(hi, end))
-        times[column] = (lo, hi)
+    ranges: list[tuple[str, tuple[str, str] | None, tuple[str, str] | None, bool]] = []  # column, lo, hi, hi incl.
 
     for node in _conjuncts(where):
         kind = node.get("type")
@@ -185,29 +191,40 @@ def _bounds(where: Any, names: set[str]) -> TableBounds:
                 found = frozenset(v for v in values if v is not None)
         elif kind == "COMPARE_BETWEEN":
             column = _column(node.get("input"), names)
-            lo, hi = _micros(node.get("lower")), _micros(node.get("upper"))
             if column is not None:
-                narrow(column, lo, hi + 1 if hi is not None else None)
+                ranges.append((column, _time_literal(node.get("lower")), _time_literal(node.get("upper")), True))
         elif kind in _FLIP and node.get("class") == "COMPARISON":
             left, right, op = node.get("left"), node.get("right"), kind
             if _column(left, names) is None:
                 left, right, op = right, left, _FLIP[kind]
             column = _column(left, names)
+            literal = _time_literal(right)
             if column == "symbol" and op == "COMPARE_EQUAL" and _string(right) is not None:
                 found = frozenset({str(_string(right))})
-            elif column is not None and (at := _micros(right)) is not None:
+            elif column is not None and literal is not None:
                 if op == "COMPARE_EQUAL":
-                    narrow(column, at, at + 1)
+                    ranges.append((column, literal, literal, True))
                 elif op in ("COMPARE_GREATERTHAN", "COMPARE_GREATERTHANOREQUALTO"):
-                    narrow(column, at, None)
-                elif op == "COMPARE_LESSTHAN":
-                    narrow(column, None, at)
+                    ranges.append((column, literal, None, False))
                 else:
-                    narrow(column, None, at + 1)
+                    ranges.append((column, None, literal, op == "COMPARE_LESSTHANOREQUALTO"))
         if found is not None:
             if symbols is not None and not (symbols & found):
                 conflict = True  # contradictory: no row matches; do not prune on symbols rather than reason about it
             symbols = found if symbols is None else symbols & found or symbols
+
+    literals = [lit for _, lo, hi, _ in ranges for lit in (lo, hi) if lit is not None]
+    at = iter(_micros(literals))
+    times: dict[str, tuple[int | None, int | None]] = {}
+    for column, lo_lit, hi_lit, inclusive in ranges:
+        start = next(at) if lo_lit is not None else None
+        end = next(at) if hi_lit is not None else None
+        if end is not None and inclusive:
+            end += 1
+        lo, hi = times.get(column, (None, None))
+        lo = start if lo is None else (lo if start is None else max(lo, start))
+        hi = end if hi is None else (hi if end is None else min(hi, end))
+        times[column] = (lo, hi)
     return TableBounds(None if conflict else symbols, times)
 
 
@@ -217,9 +234,8 @@ def where_bounds(sql: str, namespace: str) -> dict[str, TableBounds]:
     `symbol IN`, comparisons and BETWEEN of a column with a time literal). Anything else constrains nothing:
     {} means "read everything". Every row the statement can use satisfies the bounds, so files whose column
     bounds exclude them can be skipped."""
-    with _lock:
-        raw = _parser().execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-    tree: dict[str, Any] = json.loads(raw[0]) if raw else {}
+    raw = _serialized(sql)
+    tree: dict[str, Any] = json.loads(raw) if raw else {}
     statements = tree.get("statements") or []
     if tree.get("error") or len(statements) != 1:
         return {}

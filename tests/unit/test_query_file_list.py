@@ -314,3 +314,23 @@ def test_where_bounds_only_trusts_plain_and_terms_of_a_single_table_select() -> 
         assert where_bounds(unsafe, ns) == {}, unsafe
     bounds = where_bounds("SELECT 1 FROM ticks WHERE exchange_ts < '2026-01-02' AND exchange_ts >= now()", ns)
     assert bounds["ticks"].times == {"exchange_ts": (None, 1767312000000000)}  # now() is not a literal: ignored
+
+
+def test_the_qualified_view_is_never_left_on_another_query_s_files(offline_lakehouse: Settings) -> None:
+    iceberg, _ = build(offline_lakehouse)
+    engine = QueryEngine(iceberg, QueryLimits(max_concurrent=1))  # one slot: every query reuses its views
+    total = BATCHES * PER_BATCH * len(SYMBOLS)
+    count = "SELECT count(*) AS n FROM market_data.ticks"
+    narrow = {"ticks": ScanFilter(("BHP",), "exchange_ts", DAY, DAY + dt.timedelta(seconds=10))}
+    assert engine.execute(count, reads=["ticks"]).table["n"][0].as_py() == total
+    # A typed read (unqualified SQL) plans one file; the qualified view must not keep pointing at it...
+    one = engine.execute("SELECT count(*) AS n FROM ticks", reads=["ticks"], scan=narrow, qualified=())
+    assert one.sources == {"ticks": "files:1"} and one.table["n"][0].as_py() == PER_BATCH
+    # ... so a later read of market_data.ticks sees the whole table again, whichever path it takes.
+    assert engine.execute(count, reads=["ticks"]).table["n"][0].as_py() == total
+    engine.execute("SELECT count(*) AS n FROM ticks", reads=["ticks"], scan=narrow, qualified=())
+    where = " WHERE symbol = 'BHP' AND exchange_ts < ?"
+    both = engine.execute(
+        count + where, [DAY + dt.timedelta(seconds=10)], reads=["ticks"], scan=narrow, qualified=["ticks"]
+    )
+    assert both.sources == {"ticks": "files:1"} and both.table["n"][0].as_py() == 10
