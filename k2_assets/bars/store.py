@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
-from pyiceberg.io.pyarrow import ArrowScan
+from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.manifest import DataFile, ManifestEntryStatus
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.snapshots import Operation, Snapshot
+from pyiceberg.transforms import IdentityTransform
 
 from k2_resources.arrow_util import conform, to_integer_space
 from k2_resources.filters import all_of, any_of, eq
@@ -45,6 +46,7 @@ OUTBOX_APPLIED = "k2.outbox-applied"
 MAINTENANCE = "k2.maintenance"  # set by k2_assets/maintenance on data-preserving rewrites (compaction)
 NOTIONAL_TYPE = pa.decimal128(38, 6)
 Day = tuple[str, dt.date]  # (exchange, trading_date)
+EPOCH = dt.date(1970, 1, 1)
 
 
 def day_key(day: Day) -> str:
@@ -161,22 +163,60 @@ def read_days(table: Table, days: Iterable[Day]) -> pl.DataFrame:
 
 
 def overwrite_days(table: Table, frame: pl.DataFrame, days: Iterable[Day], properties: dict[str, str]) -> None:
-    """Replace the partitions `days` with `frame` in one atomic commit (whole-file deletes: the filter is on the
-    identity partition columns). The library's retry is off, so a concurrent writer surfaces as
-    CommitFailedException and the caller re-plans from fresh state."""
+    """Replace the partitions `days` with `frame` in one atomic commit. The bar tables are partitioned by identity
+    on (trading_date, exchange), so a day is a set of whole files: one overwrite snapshot removes those files and
+    adds the new ones (the library's delete-then-append builds two snapshots and re-derives the table metadata
+    dozens of times). The library's retry is off, so a concurrent writer surfaces as CommitFailedException and the
+    caller re-plans from fresh state."""
     days = sorted(set(days))
     if not days:
         append_with_properties(table, frame_to_arrow(frame.head(0), table), properties)
         return
     rows = frame_to_arrow(frame, table)
-    with table.transaction() as tx, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-        tx.delete(days_filter(days), snapshot_properties=properties)
-        if rows.num_rows:
-            tx.append(rows, snapshot_properties=properties)
-        else:
-            with tx.update_snapshot(snapshot_properties=properties).fast_append():
-                pass
+    old = _files_of_days(table, days)
+    if old is None:  # a file not wholly inside these days (another partition spec): the library's row delete
+        with table.transaction() as tx, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+            tx.delete(days_filter(days), snapshot_properties=properties)
+            if rows.num_rows:
+                tx.append(rows, snapshot_properties=properties)
+            else:
+                with tx.update_snapshot(snapshot_properties=properties).fast_append():
+                    pass
+        return
+    with table.transaction() as tx:
+        update = tx.update_snapshot(snapshot_properties=properties)
+        with update.overwrite() if old else update.fast_append() as snapshot:
+            for data_file in old:
+                snapshot.delete_data_file(data_file)
+            if rows.num_rows:
+                for data_file in _dataframe_to_data_files(
+                    table_metadata=tx.table_metadata, write_uuid=snapshot.commit_uuid, df=rows, io=table.io
+                ):
+                    snapshot.append_data_file(data_file)
+
+
+def _files_of_days(table: Table, days: list[Day]) -> list[DataFile] | None:
+    """The data files holding the partitions `days`, or None if one of them may also hold rows of other days."""
+    if table.current_snapshot() is None:
+        return []
+    spec = table.spec()
+    identity = {f.name for f in spec.fields if isinstance(f.transform, IdentityTransform)}
+    if identity != {"exchange", "trading_date"} or len(spec.fields) != 2:
+        return None
+    date_pos, exch_pos = partition_position(table, "trading_date"), partition_position(table, "exchange")
+    wanted = {(code, (day - EPOCH).days) for code, day in days}
+    files = []
+    for task in table.scan(row_filter=days_filter(days)).plan_files():
+        part = task.file.partition
+        if task.file.spec_id != spec.spec_id or (str(part[exch_pos]), _epoch_days(part[date_pos])) not in wanted:
+            return None
+        files.append(task.file)
+    return files
+
+
+def _epoch_days(value: Any) -> int:
+    return (value - EPOCH).days if isinstance(value, dt.date) else int(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
