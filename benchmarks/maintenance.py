@@ -6,8 +6,9 @@ as ingest does), then measures point queries (one symbol x one hour), compacts w
 or <50 MB average -> ~512 MB files sorted by symbol, exchange_ts), and measures again.
 
 Point queries are measured two ways:
-- the product path: `k2.query.Client.ticks([symbol], start, end, route="iceberg")`, what `k2 query ticks` and the
-  query API run (authorisation, the durable audit-spool write, the engine's file-list fast path, arrow result);
+- the product path (authorisation, the durable audit-spool write, the engine's file-list fast path): the aggregate
+  `POINT_QUERY` with literals through `k2.query.Client.sql` (`k2 query "SELECT ..."`), result cache cleared, and
+  every row of the symbol-hour through `Client.ticks(..., route="iceberg")` (`k2 query ticks`);
 - for reference, the aggregate `POINT_QUERY` over a plain DuckDB view on `iceberg_scan` (k2_resources.duckdb),
   which decodes every manifest entry of the table on every query.
 
@@ -114,29 +115,46 @@ def iceberg_scan_queries(
     return np.array(walls), np.array(cpus)
 
 
-def api_queries(home: Path, probes: list[tuple[str, int]], warmup: int = 3) -> tuple[np.ndarray, np.ndarray, float]:
-    """The product path: (wall ms, CPU ms) per Client.ticks call, and the wall ms of the first call (a fresh
+def api_queries(
+    home: Path, probes: list[tuple[str, int]], warmup: int = 3
+) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """The product path, per kind of call: (wall ms, CPU ms) per call, and the wall ms of the first call (a fresh
     process: DuckDB extensions loaded and the snapshot's file list decoded from its manifests). One DuckDB thread,
-    so CPU time is the call's own work."""
+    so CPU time is the call's own work. Kinds:
+    - sql: POINT_QUERY with the symbol and hour as literals through Client.sql (`k2 query "SELECT ..."`), the
+      result cache cleared before each call;
+    - ticks: Client.ticks([symbol], start, end, route="iceberg") (`k2 query ticks`), every row of the hour."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("K2_")}
     settings = load_settings({**environ, "K2_HOME": str(home), "K2_ENV": "local"})
     client = Client(settings, limits=QueryLimits(threads=1))
-    walls, cpus = [], []
-    first = 0.0
-    rows = 0
-    for i, (symbol, hour) in enumerate(probes):
-        start = dt.datetime.fromtimestamp(hour * 3600, dt.UTC)
-        w0, c0 = time.perf_counter(), time.process_time()
-        result = client.ticks([symbol], start, start + dt.timedelta(hours=1), route="iceberg")
-        rows += result.num_rows
-        if i == 0:
-            first = (time.perf_counter() - w0) * 1000
-        if i >= warmup:
-            walls.append((time.perf_counter() - w0) * 1000)
-            cpus.append((time.process_time() - c0) * 1000)
+    out: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+    for kind in ("sql", "ticks"):
+        walls, cpus = [], []
+        first = 0.0
+        rows = 0
+        for i, (symbol, hour) in enumerate(probes):
+            start = dt.datetime.fromtimestamp(hour * 3600, dt.UTC)
+            stop = start + dt.timedelta(hours=1)
+            client.engine.result_cache.clear()
+            w0, c0 = time.perf_counter(), time.process_time()
+            if kind == "sql":
+                sql = (
+                    POINT_QUERY.replace("$symbol", f"'{symbol}'")
+                    .replace("$start", f"TIMESTAMPTZ '{start.isoformat()}'")
+                    .replace("$stop", f"TIMESTAMPTZ '{stop.isoformat()}'")
+                )
+                rows += int(client.sql(sql).arrow.column(0)[0].as_py())
+            else:
+                rows += client.ticks([symbol], start, stop, route="iceberg").num_rows
+            if i == 0:
+                first = (time.perf_counter() - w0) * 1000
+            if i >= warmup:
+                walls.append((time.perf_counter() - w0) * 1000)
+                cpus.append((time.process_time() - c0) * 1000)
+        assert rows > 0
+        out[kind] = (np.array(walls), np.array(cpus), first)
     client.engine.close()
-    assert rows > 0
-    return np.array(walls), np.array(cpus), first
+    return out
 
 
 def file_stats(iceberg: IcebergResource) -> tuple[int, int, int]:
@@ -170,7 +188,8 @@ def main() -> None:
 
     files_before, partitions, bytes_before = file_stats(iceberg)
     print(f"  {rows:,} rows appended at {rows / load_s:,.0f} rows/s; {files_before:,} files in {partitions} partitions")
-    before, before_cpu, before_first = api_queries(home, probes[: args.queries_before + 3])
+    before_api = api_queries(home, probes[: args.queries_before + 3])
+    before, before_cpu, before_first = before_api["sql"]
     print(f"  before: p50 {np.percentile(before, 50):.1f} ms over {len(before)} point queries (API)", flush=True)
     ref_before, _ = iceberg_scan_queries(iceberg, probes[: args.queries_before + 3])
     print(f"  before: p50 {np.percentile(ref_before, 50):.1f} ms (iceberg_scan reference)", flush=True)
@@ -180,7 +199,8 @@ def main() -> None:
     result = compact_table(table, CompactionPolicy())
     compaction_cpu = time.process_time() - cpu0
     files_after, _, bytes_after = file_stats(iceberg)
-    after, after_cpu, after_first = api_queries(home, probes[: args.queries + 3])
+    after_api = api_queries(home, probes[: args.queries + 3])
+    after, after_cpu, after_first = after_api["sql"]
     ref_after, _ = iceberg_scan_queries(iceberg, probes[: args.queries + 3])
 
     def pct(a: np.ndarray, q: float) -> str:
@@ -195,7 +215,7 @@ def main() -> None:
             f"{bytes_after / files_after / 1024:,.0f}",
             "",
         ),
-        ("point query p50 (ms)", pct(before, 50), pct(after, 50), "Client.ticks: k2 query ticks / query API"),
+        ("point query p50 (ms)", pct(before, 50), pct(after, 50), 'Client.sql: k2 query "SELECT ..."'),
         ("point query p95 (ms)", pct(before, 95), pct(after, 95), ""),
         ("point query p99 (ms)", pct(before, 99), pct(after, 99), "target <= 15 after"),
         (
@@ -203,6 +223,18 @@ def main() -> None:
             f"{pct(before_cpu, 50)} / {pct(before_cpu, 99)}",
             f"{pct(after_cpu, 50)} / {pct(after_cpu, 99)}",
             "1 DuckDB thread; auth + audit included",
+        ),
+        (
+            "ticks read p50 / p99 (ms)",
+            f"{pct(before_api['ticks'][0], 50)} / {pct(before_api['ticks'][0], 99)}",
+            f"{pct(after_api['ticks'][0], 50)} / {pct(after_api['ticks'][0], 99)}",
+            "Client.ticks (k2 query ticks): all rows",
+        ),
+        (
+            "ticks read CPU p50 / p99 (ms)",
+            f"{pct(before_api['ticks'][1], 50)} / {pct(before_api['ticks'][1], 99)}",
+            f"{pct(after_api['ticks'][1], 50)} / {pct(after_api['ticks'][1], 99)}",
+            "",
         ),
         ("point queries", str(len(before)), str(len(after)), "symbol x hour"),
         ("first query of a process (ms)", f"{before_first:.0f}", f"{after_first:.0f}", "extensions + file list"),
@@ -224,6 +256,12 @@ def main() -> None:
             "",
             f"{result.rows_rewritten / result.rewrite_seconds:,.0f}",
             "target >= 1M",
+        ),
+        (
+            "rewrite rows per CPU-second",
+            "",
+            f"{result.rows_rewritten / max(result.rewrite_cpu_seconds, 1e-9):,.0f}",
+            f"{result.rewrite_cpu_seconds:.1f} CPU-s: what a free core would do",
         ),
         ("compaction rows/s (end to end)", "", f"{result.rows_per_second:,.0f}", f"{result.seconds:.1f} s"),
         (

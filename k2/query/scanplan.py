@@ -32,6 +32,8 @@ from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import PrimitiveType, StringType, TimestampType, TimestamptzType
 
 SYMBOL_COLUMN = "symbol"
+# Locations read_parquet opens as pyiceberg's FileIO does: local files, and s3:// through httpfs (configure_s3).
+READABLE = ("file:/", "/", "s3://")
 
 
 @dataclass(frozen=True)
@@ -255,4 +257,7 @@ class ScanPlanner:
         files = self.file_set(table, snapshot, scan.time_column)
         if not files.usable:
             return None
-        return [str(p) for p in files.paths[files.select(scan)]]
+        paths = [str(p) for p in files.paths[files.select(scan)]]
+        if not all(p.startswith(READABLE) for p in paths):
+            return None  # a location DuckDB's read_parquet may not resolve as pyiceberg does: let iceberg_scan read it
+        return paths
