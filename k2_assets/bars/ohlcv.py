@@ -157,11 +157,7 @@ def _order_key(minute_start: pl.Expr) -> pl.Expr:
     return ((pl.col("exchange_ts") - minute_start) * _SEQ_LIMIT + pl.col("sequence")).alias("_k")
 
 
-_AGGS = [
-    pl.col("_k").min().alias("_kmin"),
-    pl.col("_k").max().alias("_kmax"),
-    pl.col("price").min_by("_k").alias("open"),
-    pl.col("price").max_by("_k").alias("close"),
+_VALUE_AGGS = [
     pl.col("price").max().alias("high"),
     pl.col("price").min().alias("low"),
     pl.col("volume").sum().alias("volume"),
@@ -169,17 +165,60 @@ _AGGS = [
     # int64 is exact here: each minute is checked not to be able to overflow (`_notional`), else recomputed.
     (pl.col("price") * pl.col("volume")).sum().alias("_notional64"),
 ]
+_ORDER_AGGS = [
+    pl.col("_k").min().alias("_kmin"),
+    pl.col("_k").max().alias("_kmax"),
+    pl.col("price").min_by("_k").alias("open"),
+    pl.col("price").max_by("_k").alias("close"),
+]
+_ROW_AGGS = [pl.col("_row").min().alias("_first"), pl.col("_row").max().alias("_last")]
+
+
+def in_time_order(frame: pl.DataFrame, block: int = 1 << 20) -> bool:
+    """Whether the rows are sorted by (exchange_ts, sequence): then a window's first row is its opening tick and its
+    last row its closing tick (sequences are unique per symbol, so there are no ties inside a window). Checked a
+    block at a time (cache-sized temporaries; unsorted input is usually refused in the first block)."""
+    ts, seq = frame["exchange_ts"].to_numpy(), frame["sequence"].to_numpy()
+    for lo in range(0, len(ts) - 1, block):
+        hi = min(lo + block, len(ts) - 1)
+        before, after = ts[lo:hi], ts[lo + 1 : hi + 1]
+        if not (after >= before).all():
+            return False
+        tie = after == before
+        if tie.any() and not (seq[lo + 1 : hi + 1][tie] >= seq[lo:hi][tie]).all():
+            return False
+    return True
+
+
+def _aggregate(lazy: pl.LazyFrame, keys: list[str], minute_start: pl.Expr, frame: pl.DataFrame) -> pl.DataFrame:
+    """One streaming group-by over every tick. Ticks in time order: the open/close ticks are the first/last row of
+    each group (two cheap aggregations, then a gather per bar); otherwise by one int64 order key per tick."""
+    if not in_time_order(frame):
+        grouped = lazy.with_columns(_order_key(minute_start)).group_by(keys).agg(_ORDER_AGGS + _VALUE_AGGS)
+        return grouped.collect(engine="streaming")
+    agg = lazy.with_row_index("_row").group_by(keys).agg(_ROW_AGGS + _VALUE_AGGS).collect(engine="streaming")
+    first, last = agg["_first"], agg["_last"]
+    return agg.with_columns(
+        frame["price"].gather(first).alias("open"),
+        frame["price"].gather(last).alias("close"),
+        frame["exchange_ts"].gather(first).alias("first_ts"),
+        frame["sequence"].gather(first).alias("first_sequence"),
+        frame["exchange_ts"].gather(last).alias("last_ts"),
+        frame["sequence"].gather(last).alias("last_sequence"),
+    ).drop("_first", "_last")
 
 
 def _states_from_agg(agg: pl.DataFrame, frame: pl.DataFrame, tz: str) -> pl.DataFrame:
     """Aggregates keyed by (exchange, symbol, window_start) -> sorted bar states."""
     agg = _notional(agg, frame)
-    states = agg.lazy().with_columns(
-        (pl.col("window_start") + pl.col("_kmin") // _SEQ_LIMIT).alias("first_ts"),
-        (pl.col("_kmin") % _SEQ_LIMIT).alias("first_sequence"),
-        (pl.col("window_start") + pl.col("_kmax") // _SEQ_LIMIT).alias("last_ts"),
-        (pl.col("_kmax") % _SEQ_LIMIT).alias("last_sequence"),
-    )
+    states = agg.lazy()
+    if "_kmin" in agg.columns:
+        states = states.with_columns(
+            (pl.col("window_start") + pl.col("_kmin") // _SEQ_LIMIT).alias("first_ts"),
+            (pl.col("_kmin") % _SEQ_LIMIT).alias("first_sequence"),
+            (pl.col("window_start") + pl.col("_kmax") // _SEQ_LIMIT).alias("last_ts"),
+            (pl.col("_kmax") % _SEQ_LIMIT).alias("last_sequence"),
+        )
     return _finish_1m(states, tz).select(STATE_COLUMNS).sort(BAR_KEY).collect()
 
 
@@ -199,14 +238,7 @@ def _notional(agg: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
 
 def _bars_1m_by_strings(frame: pl.DataFrame, tz: str) -> pl.DataFrame:
     """Group on (exchange, symbol, minute) as given: any strings."""
-    agg = (
-        frame.lazy()
-        .with_columns(_minute_start())
-        .with_columns(_order_key(pl.col("window_start")))
-        .group_by(BAR_KEY)
-        .agg(_AGGS)
-        .collect(engine="streaming")
-    )
+    agg = _aggregate(frame.lazy().with_columns(_minute_start()), BAR_KEY, pl.col("window_start"), frame)
     return _states_from_agg(agg, frame, tz)
 
 
@@ -254,15 +286,8 @@ def _bars_1m_packed(frame: pl.DataFrame, stats: _InputStats, tz: str) -> pl.Data
         + pl.col("_hi") * (1 << (_LEN_BITS + minute_bits))
         + (minute - minute_lo).cast(pl.UInt64) * (1 << _LEN_BITS)
     )
-    agg = (
-        frame.select("sequence", "exchange_ts", "price", "volume")
-        .hstack([lo, hi])
-        .lazy()
-        .with_columns(key.alias("_key"), _order_key(minute * MINUTE_US))
-        .group_by("_key")
-        .agg(_AGGS)
-        .collect(engine="streaming")
-    )
+    lazy = frame.select("sequence", "exchange_ts", "price", "volume").hstack([lo, hi]).lazy()
+    agg = _aggregate(lazy.with_columns(key.alias("_key")), ["_key"], minute * MINUTE_US, frame)
     labels = _unpack_keys(agg["_key"].to_numpy(), minute_lo, minute_bits, hi_bits)
     agg = agg.with_columns(
         pl.lit(frame["exchange"][0], pl.String).alias("exchange"),

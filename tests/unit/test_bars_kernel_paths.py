@@ -1,9 +1,10 @@
 """The 1-minute bar kernel's fast paths give exactly the bars of its general path (and of the DuckDB oracle).
 
 `bars_1m` packs (symbol bytes, length, minute) into one uint64 group key when the frame has one exchange and short
-symbols; otherwise it groups on the strings; sequences outside [0, 2^37) take the sort-based general path. Each
-path is called directly here, on symbols chosen to hit the packing's edges (empty, NUL bytes, multi-byte UTF-8,
-4/5/6/7/12/13 bytes), so a wrong key cannot hide behind a fallback.
+symbols; otherwise it groups on the strings; sequences outside [0, 2^37) take the sort-based general path. Ticks
+already in (exchange_ts, sequence) order take their open/close from each window's first/last row, others by an
+order key. Each path is called directly here, on symbols chosen to hit the packing's edges (empty, NUL bytes,
+multi-byte UTF-8, 4/5/6/7/12/13 bytes), in time order and shuffled, so a wrong key cannot hide behind a fallback.
 """
 
 from __future__ import annotations
@@ -39,9 +40,17 @@ SHORT = [
 LONG = ["ABCDEFG", "ABCDEFGHIJKL", "ABCDEFGHIJKLM", "a much longer symbol name"]
 
 
-def ticks_of(seed: int, n: int, symbols: list[str], *, span_min: int = 130, exchanges: tuple[str, ...] = ("ASX",)):
+def ticks_of(
+    seed: int,
+    n: int,
+    symbols: list[str],
+    *,
+    span_min: int = 130,
+    exchanges: tuple[str, ...] = ("ASX",),
+    in_order: bool = False,
+) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
-    return pl.DataFrame(
+    frame = pl.DataFrame(
         {
             "exchange": rng.choice(list(exchanges), n),
             "symbol": pl.Series(rng.choice(np.array(symbols, dtype=object), n), dtype=pl.String),
@@ -51,6 +60,7 @@ def ticks_of(seed: int, n: int, symbols: list[str], *, span_min: int = 130, exch
             "volume": rng.integers(0, 1_000, n).astype(np.int64),
         }
     )
+    return frame.sort("exchange_ts", "sequence") if in_order else frame
 
 
 def general(ticks: pl.DataFrame) -> pl.DataFrame:
@@ -67,9 +77,13 @@ def packed(ticks: pl.DataFrame) -> pl.DataFrame | None:
     seed=st.integers(0, 100_000),
     n=st.integers(1, 300),
     symbols=st.lists(st.sampled_from(SHORT), min_size=1, max_size=6, unique=True),
+    in_order=st.booleans(),
 )
-def test_packed_key_path_equals_the_string_and_general_paths(seed: int, n: int, symbols: list[str]) -> None:
-    ticks = ticks_of(seed, n, symbols)
+def test_packed_key_path_equals_the_string_and_general_paths(
+    seed: int, n: int, symbols: list[str], in_order: bool
+) -> None:
+    ticks = ticks_of(seed, n, symbols, in_order=in_order)
+    assert ohlcv.in_time_order(ticks) or not in_order
     fast = packed(ticks)
     assert fast is not None, "short symbols on one exchange must take the packed path"
     assert fast.equals(ohlcv._bars_1m_by_strings(ticks.select(TICK_INPUT), TZ))
@@ -85,11 +99,12 @@ def test_packed_key_path_equals_the_string_and_general_paths(seed: int, n: int, 
     symbols=st.lists(st.sampled_from(SHORT + LONG), min_size=1, max_size=6, unique=True),
     exchanges=st.sampled_from([("ASX",), ("ASX", "CHIA")]),
     span_min=st.sampled_from([1, 130, 1_440, 5_000]),
+    in_order=st.booleans(),
 )
 def test_every_path_agrees_whatever_the_symbols_exchanges_and_span(
-    seed: int, n: int, symbols: list[str], exchanges: tuple[str, ...], span_min: int
+    seed: int, n: int, symbols: list[str], exchanges: tuple[str, ...], span_min: int, in_order: bool
 ) -> None:
-    ticks = ticks_of(seed, n, symbols, span_min=span_min, exchanges=exchanges)
+    ticks = ticks_of(seed, n, symbols, span_min=span_min, exchanges=exchanges, in_order=in_order)
     expected = general(ticks)
     assert bars_1m(ticks, TZ).equals(expected)
     assert ohlcv._bars_1m_by_strings(ticks.select(TICK_INPUT), TZ).equals(expected)
@@ -122,3 +137,22 @@ def test_packed_path_reads_chunked_sliced_and_lazy_frames(layout: str) -> None:
         frame = ticks.lazy()
     assert bars_1m(frame, TZ).equals(expected)
     assert packed(frame.collect() if isinstance(frame, pl.LazyFrame) else frame) is not None
+
+
+def test_time_order_is_exchange_ts_then_sequence() -> None:
+    frame = pl.DataFrame({"exchange_ts": [1, 1, 2, 2], "sequence": [5, 7, 1, 9]})
+    assert ohlcv.in_time_order(frame)
+    assert not ohlcv.in_time_order(frame.with_columns(pl.Series("sequence", [7, 5, 1, 9])))  # tie broken wrongly
+    assert not ohlcv.in_time_order(frame.with_columns(pl.Series("exchange_ts", [1, 1, 3, 2])))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 100_000), n=st.integers(2, 400))
+def test_the_same_ticks_in_time_order_or_shuffled_give_the_same_bars(seed: int, n: int) -> None:
+    ordered = ticks_of(seed, n, ["BHP", "CBA", "S0001", "a much longer symbol name"], in_order=True)
+    shuffled = ordered.sample(fraction=1.0, shuffle=True, seed=seed)
+    for ticks in (ordered, ordered.filter(pl.col("symbol").str.len_bytes() < 8)):
+        expected = general(ticks)
+        assert bars_1m(ticks, TZ).equals(expected)
+        assert bars_1m(ticks.sample(fraction=1.0, shuffle=True, seed=seed), TZ).equals(expected)
+    assert bars_1m(shuffled, TZ).equals(bars_1m(ordered, TZ))
