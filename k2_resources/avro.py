@@ -14,7 +14,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from k2_resources import avro_columnar
+from k2_resources import avro_columnar, avro_columnar_encode
 from k2_resources.errors import DecodeError, UnknownSchemaIdError
 from k2_resources.schemas import SchemaStore
 
@@ -107,7 +107,7 @@ def encode_frame(ticks: pl.DataFrame, store: SchemaStore, schema_id: int) -> pa.
     schema = _plain_schema(store, schema_id)
     header = _HEADER.pack(MAGIC_BYTE, schema_id)
     try:
-        return avro_columnar.encode_columns(schema, ticks.to_arrow(), header)
+        return avro_columnar_encode.encode_columns(schema, ticks.to_arrow(), header)
     except avro_columnar.UnsupportedSchemaError:
         return pa.array(encode_ticks(ticks.to_dicts(), store, schema_id), pa.binary())
 
@@ -191,7 +191,7 @@ def _set(errors: pa.Array, rows: np.ndarray, message: str, n: int) -> pa.Array:
 def _set_many(errors: pa.Array, rows: np.ndarray, reasons: pa.Array, n: int) -> pa.Array:
     if reasons.null_count == len(reasons):
         return errors
-    placed = avro_columnar._scatter(reasons, rows, n) if len(rows) != n else reasons
+    placed = avro_columnar.scatter(reasons, rows, n) if len(rows) != n else reasons
     return pc.coalesce(errors, placed)
 
 
@@ -203,7 +203,7 @@ def _merge(columns: dict[str, pa.Array], decoded: dict[str, pa.Array], rows: np.
         if arrow_type is None:
             continue  # fields the tick frame does not have
         col = col if col.type == arrow_type else col.cast(arrow_type)
-        placed = col if len(rows) == n else avro_columnar._scatter(col, rows, n)
+        placed = col if len(rows) == n else avro_columnar.scatter(col, rows, n)
         merged[name] = pc.coalesce(merged[name], placed) if name in merged else placed
     return merged
 

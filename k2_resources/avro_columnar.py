@@ -1,4 +1,4 @@
-"""Schemaless Avro encoded and decoded a whole column at a time with numpy and pyarrow, no Python loop per record.
+"""Schemaless Avro decoded a whole column at a time with numpy and pyarrow, no Python loop per record.
 
 Avro's binary encoding is a sequence of fields, so a batch of records can be decoded field by field: one cursor
 per record, advanced for all records at once. Variable-length integers are decoded byte position by byte position
@@ -39,15 +39,15 @@ REASONS = [
     "boolean byte is neither 0 nor 1",
     "bytes left over after the record",
 ]
-_MAX_VARINT_BYTES = 10
-_EMPTY = pa.scalar(b"", pa.binary())
+MAX_VARINT_BYTES = 10
+EMPTY_BYTES = pa.scalar(b"", pa.binary())
 
 
 class UnsupportedSchemaError(SchemaError):
     """The schema uses a type the columnar codec does not cover; use fastavro per record instead."""
 
 
-def _type_name(node: Any) -> str:
+def type_name(node: Any) -> str:
     if isinstance(node, str):
         return node
     if isinstance(node, list):
@@ -55,9 +55,9 @@ def _type_name(node: Any) -> str:
     return str(node["type"]) if isinstance(node["type"], str) else "nested"
 
 
-def _union_branch(node: list[Any]) -> tuple[int, Any]:
+def union_branch(node: list[Any]) -> tuple[int, Any]:
     """(index of null, the other branch) of a [null, T] union; anything else is unsupported."""
-    names = [_type_name(b) for b in node]
+    names = [type_name(b) for b in node]
     if len(node) != 2 or "null" not in names or names.count("null") != 1:
         raise UnsupportedSchemaError(f"only [null, T] unions are supported, not {names}")
     null_index = names.index("null")
@@ -66,15 +66,15 @@ def _union_branch(node: list[Any]) -> tuple[int, Any]:
 
 def check_supported(schema: Mapping[str, Any]) -> None:
     """Raise UnsupportedSchemaError unless every field of the record schema can be handled column-wise."""
-    if _type_name(dict(schema)) != "record":
+    if type_name(dict(schema)) != "record":
         raise UnsupportedSchemaError("the top-level schema must be a record")
 
     def visit(node: Any, depth: int) -> None:
-        name = _type_name(node)
+        name = type_name(node)
         if name in ("null", "boolean", "int", "long", "float", "double", "string", "bytes", "enum", "fixed"):
             return
         if name == "union":
-            visit(_union_branch(node)[1], depth)
+            visit(union_branch(node)[1], depth)
         elif name == "array" and depth == 0:
             visit(node["items"], depth + 1)
         else:
@@ -91,7 +91,7 @@ def _zigzag_decode(raw: np.ndarray) -> np.ndarray:
     return (raw >> np.uint64(1)).astype(np.int64) ^ -(raw & np.uint64(1)).astype(np.int64)
 
 
-def _scatter(values: pa.Array, positions: np.ndarray, length: int) -> pa.Array:
+def scatter(values: pa.Array, positions: np.ndarray, length: int) -> pa.Array:
     """An array of `length` nulls with `values` placed at `positions`."""
     index = np.full(length, -1, dtype=np.int64)
     index[positions] = np.arange(len(positions), dtype=np.int64)
@@ -131,7 +131,7 @@ class ColumnDecoder:
         return columns
 
     def _value(self, node: Any, rows: np.ndarray) -> pa.Array:
-        name = _type_name(node)
+        name = type_name(node)
         if name == "null":
             return pa.nulls(len(rows))
         if name == "long":
@@ -175,7 +175,7 @@ class ColumnDecoder:
         live = np.flatnonzero(self._live(rows))
         start = self.pos[rows]
         end = self.end[rows]
-        for k in range(_MAX_VARINT_BYTES):
+        for k in range(MAX_VARINT_BYTES):
             at = start[live] + k
             short = at >= end[live]
             if short.any():
@@ -231,13 +231,13 @@ class ColumnDecoder:
             return values.filter(pa.array(keep)).cast(pa.string()).take(pa.array(np.cumsum(keep) - 1, mask=~keep))
 
     def _union(self, node: list[Any], rows: np.ndarray) -> pa.Array:
-        null_index, branch = _union_branch(node)
+        null_index, branch = union_branch(node)
         index = _zigzag_decode(self._varint(rows))
         live = self._live(rows)
         self._fail(rows[live & (index != 0) & (index != 1)], BAD_UNION)
         present = np.flatnonzero(self._live(rows) & (index == 1 - null_index))
         values = self._value(branch, rows[present])
-        return _scatter(values, present, len(rows))
+        return scatter(values, present, len(rows))
 
     def _array(self, items: Any, rows: np.ndarray) -> pa.Array:
         """Avro arrays are blocks of (count, items...) ending with a zero count; a negative count is followed by
@@ -300,132 +300,3 @@ def reasons(error: np.ndarray) -> pa.Array:
     """Human-readable reason per row (null where the row decoded)."""
     text = pa.array(REASONS, pa.string())
     return text.take(pa.array(error.astype(np.int64), mask=error == OK))
-
-
-# ---------------------------------------------------------------------------------------------------------- encode
-
-
-def _zigzag_encode(values: np.ndarray) -> np.ndarray:
-    v = values.astype(np.int64)
-    return ((v << 1) ^ (v >> 63)).astype(np.uint64)
-
-
-def varint_array(raw: np.ndarray) -> pa.Array:
-    """Each unsigned integer as its Avro/protobuf varint bytes, as a binary array."""
-    raw = raw.astype(np.uint64, copy=False)
-    nbytes = np.ones(len(raw), dtype=np.int64)
-    for k in range(1, _MAX_VARINT_BYTES):
-        nbytes += raw >= (np.uint64(1) << np.uint64(7 * k))
-    width = int(nbytes.max()) if len(raw) else 1
-    matrix = np.empty((len(raw), width), dtype=np.uint8)
-    for k in range(width):
-        byte = ((raw >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
-        matrix[:, k] = byte | np.where(k < nbytes - 1, 0x80, 0).astype(np.uint8)
-    data = matrix[np.arange(width)[None, :] < nbytes[:, None]]
-    offsets = np.zeros(len(raw) + 1, dtype=np.int64)
-    np.cumsum(nbytes, out=offsets[1:])
-    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-    return pa.Array.from_buffers(pa.large_binary(), len(raw), buffers).cast(pa.binary())
-
-
-def _long_bytes(values: pa.Array) -> pa.Array:
-    return varint_array(_zigzag_encode(values.to_numpy(zero_copy_only=False)))
-
-
-def _require_no_nulls(values: pa.Array, what: str) -> None:
-    if values.null_count:
-        raise SchemaError(f"{what}: {values.null_count} null value(s) in a field whose Avro type is not nullable")
-
-
-def _encode_value(node: Any, values: pa.Array, what: str) -> pa.Array:
-    name = _type_name(node)
-    if name == "union":
-        null_index, branch = _union_branch(node)
-        present = pc.is_valid(values)
-        filled = values.fill_null(_placeholder(branch, values.type))
-        branch_bytes = _encode_value(branch, filled, what)
-        tagged = pc.binary_join_element_wise(
-            pa.scalar(bytes([2 * (1 - null_index)]), pa.binary()), branch_bytes, _EMPTY
-        )
-        return pc.if_else(present, tagged, pa.scalar(bytes([2 * null_index]), pa.binary()))
-    _require_no_nulls(values, what)
-    if name == "null":
-        return pa.array([b""] * len(values), pa.binary())
-    if name in ("long", "int"):
-        return _long_bytes(values.cast(pa.int64()))
-    if name == "boolean":
-        raw = values.cast(pa.bool_()).to_numpy(zero_copy_only=False).astype(np.uint8)
-        return _fixed_width(raw.reshape(-1, 1))
-    if name in ("float", "double"):
-        dtype = "<f4" if name == "float" else "<f8"
-        raw = values.to_numpy(zero_copy_only=False).astype(dtype)
-        return _fixed_width(raw.view(np.uint8).reshape(len(raw), -1))
-    if name in ("string", "bytes"):
-        as_bytes = values.cast(pa.binary())
-        return pc.binary_join_element_wise(_long_bytes(pc.binary_length(as_bytes)), as_bytes, _EMPTY)
-    if name == "fixed":
-        return values.cast(pa.binary())
-    if name == "enum":
-        index = pc.index_in(values.cast(pa.string()), value_set=pa.array(node["symbols"], pa.string()))
-        if index.null_count:
-            unknown = pc.filter(values, pc.is_null(index)).unique().to_pylist()[:5]
-            raise SchemaError(f"{what}: {unknown} are not symbols of enum {node.get('name')} {node['symbols']}")
-        return _long_bytes(index)
-    if name == "array":
-        if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
-            raise SchemaError(f"{what}: expected a list column for an Avro array, got {values.type}")
-        counts = pc.list_value_length(values).cast(pa.int64())
-        items = _encode_value(node["items"], pc.list_flatten(values), what)
-        joined = pc.binary_join(pa.ListArray.from_arrays(_list_offsets(values), items), _EMPTY)
-        block = pc.binary_join_element_wise(_long_bytes(counts), joined, pa.scalar(b"\x00", pa.binary()), _EMPTY)
-        return pc.if_else(pc.equal(counts, 0), pa.scalar(b"\x00", pa.binary()), block)
-    raise UnsupportedSchemaError(f"type {name!r} is not supported column-wise")
-
-
-def _list_offsets(values: pa.Array) -> pa.Array:
-    """Offsets of a list array relative to its flattened values (handles sliced arrays)."""
-    offsets = values.offsets.to_numpy(zero_copy_only=False).astype(np.int32)
-    return pa.array(offsets - offsets[0], pa.int32())
-
-
-def _fixed_width(matrix: np.ndarray) -> pa.Array:
-    n, width = matrix.shape
-    return pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(width), n, [None, pa.py_buffer(np.ascontiguousarray(matrix).tobytes())]
-    ).cast(pa.binary())
-
-
-def _placeholder(branch: Any, arrow_type: pa.DataType) -> Any:
-    """A value to stand in for nulls while encoding the non-null branch (its bytes are then discarded)."""
-    name = _type_name(branch)
-    if name == "enum":
-        return branch["symbols"][0]
-    if name == "array":
-        return pa.scalar([], arrow_type)
-    if name in ("string",):
-        return ""
-    if name in ("bytes", "fixed"):
-        return b"\x00" * int(branch.get("size", 0)) if name == "fixed" else b""
-    if name == "boolean":
-        return False
-    return 0
-
-
-def encode_columns(schema: Mapping[str, Any], table: pa.Table, header: bytes) -> pa.Array:
-    """`header` + the Avro encoding of each row of `table` (columns named like the record's fields)."""
-    check_supported(schema)
-    parts: list[pa.Array | pa.Scalar] = [pa.scalar(header, pa.binary())]
-    for f in schema["fields"]:
-        if f["name"] not in table.column_names:
-            # A writer with a newer schema writes a field's default for data that lacks it; the default of an
-            # optional field (a union led by null) is null: its branch index as a zigzag varint, the same every row.
-            branches = f["type"] if isinstance(f["type"], list) else []
-            if f.get("default", ...) is None and "null" in branches:
-                parts.append(pa.scalar(bytes([2 * branches.index("null")]), pa.binary()))
-                continue
-            raise SchemaError(f"column {f['name']!r} of schema {schema.get('name')} is missing from the frame")
-        column = table[f["name"]].combine_chunks()
-        parts.append(_encode_value(f["type"], column, f"field {f['name']!r}"))
-    if table.num_rows == 0:
-        return pa.array([], pa.binary())
-    return pc.binary_join_element_wise(*parts, _EMPTY)
