@@ -43,10 +43,6 @@ def raw_ticks(
     pipeline: PipelineResource,
     quality: QualityResource,
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]
-    if validated_ticks.key in context.job_def.asset_layer.selected_asset_keys and quality.gate_enabled:
-        # validated_ticks runs next in this process (ingest_job executes in process): its GE gate costs seconds to
-        # import and set up, done meanwhile while this step waits on Kafka and writes Iceberg.
-        prewarm_gate(quality.config().gate)
     table = iceberg.ensure_table(RAW_TICKS)
     if config.ranges:
         ranges = ranges_from_config([r.model_dump() for r in config.ranges])
@@ -55,6 +51,11 @@ def raw_ticks(
         ranges = plan_ranges(
             pipeline.tick_topic, kafka.offsets(pipeline.tick_topic), committed, pipeline.max_batch_per_partition
         )
+    new_records = any(r.size > 0 for r in ranges)
+    if new_records and validated_ticks.key in context.job_def.asset_layer.selected_asset_keys and quality.gate_enabled:
+        # validated_ticks runs next in this process (ingest_job executes in process): its GE gate costs seconds to
+        # import and set up, done meanwhile while this step waits on Kafka and writes Iceberg.
+        prewarm_gate(quality.config().gate)
     result = ingest_raw(kafka, table, ranges, pipeline.schema_store(), batch_id=context.run_id)
     out = result.outcome
     context.log.info(
