@@ -38,6 +38,7 @@ from k2_resources.iceberg import (
     CommitOutcome,
     OffsetRange,
     commit_offset_ranges,
+    read_files_matching,
     read_watermarks,
     trim_to_watermarks,
 )
@@ -104,10 +105,10 @@ def ranges_filter(ranges: Sequence[OffsetRange]) -> BooleanExpression:
 
 
 def read_raw(raw: Table, ranges: Sequence[OffsetRange]) -> pl.DataFrame:
-    arrow = raw.scan(row_filter=ranges_filter(ranges)).to_arrow()
-    frame = pl.from_arrow(to_integer_space(arrow))
+    """The raw_ticks rows of exactly these offset ranges: files pruned by the ranges, rows cut in polars."""
+    frame = pl.from_arrow(to_integer_space(read_files_matching(raw, ranges_filter(ranges))))
     assert isinstance(frame, pl.DataFrame)
-    return frame
+    return _in_ranges(frame, ranges)
 
 
 def pending_ranges(raw: Table, outputs: Sequence[Table], max_per_partition: int) -> list[OffsetRange]:
