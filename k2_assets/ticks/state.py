@@ -24,7 +24,7 @@ from k2_assets.ticks.validate import DEDUP_KEY, empty_keys
 from k2_resources.arrow_util import to_integer_space
 from k2_resources.errors import StateSnapshotExpiredError
 from k2_resources.filters import all_of, eq, ge, is_in, is_null, lt
-from k2_resources.iceberg import WATERMARK_PROPERTY, OffsetRange
+from k2_resources.iceberg import WATERMARK_PROPERTY, OffsetRange, read_files_matching
 
 Starts = Mapping[tuple[str, int], int]  # (topic, partition) -> first offset of the batch
 
@@ -106,7 +106,11 @@ def read_seen_keys(ticks: Table, snapshot: Snapshot | None, batch: pl.DataFrame)
         ge("exchange_ts", start.isoformat()),
         lt("exchange_ts", end.isoformat()),
     )
-    keys = _scan(ticks, snapshot, row_filter, ("exchange", "symbol", "sequence", "exchange_ts"))
+    # Files pruned by the filter; the rows are cut exactly by the semi join below.
+    fields = ("exchange", "symbol", "sequence", "exchange_ts")
+    arrow = read_files_matching(ticks, row_filter, snapshot_id=snapshot.snapshot_id, selected_fields=fields)
+    keys = pl.from_arrow(to_integer_space(arrow))
+    assert isinstance(keys, pl.DataFrame)
     if keys.is_empty():
         return empty_keys()
     keys = keys.with_columns(trading_dates(keys))
