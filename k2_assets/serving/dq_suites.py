@@ -142,6 +142,7 @@ def _column_of(kwargs: Mapping[str, Any]) -> str | None:
 # Keyed by the suite's full spec, so an edited suite file gets a checkpoint of its own.
 _CHECKPOINTS: dict[tuple[str, str, str], Any] = {}
 _CHECKPOINTS_LOCK = threading.Lock()
+_PREWARMS: dict[tuple[tuple[str, ...], str, str], threading.Thread] = {}
 
 
 def _checkpoint(name: str, spec: Mapping[str, Any], docs_dir: Path | None) -> Any:
@@ -179,8 +180,12 @@ def prewarm(names: Sequence[str], docs_dir: Path | None, suites_dir: Path = SUIT
             with contextlib.suppress(Exception):
                 _checkpoint(name, load_suite(name, suites_dir), docs_dir)
 
-    thread = threading.Thread(target=build, name="ge-prewarm", daemon=True)
-    thread.start()
+    key = (tuple(names), str(docs_dir), str(suites_dir))
+    with _CHECKPOINTS_LOCK:
+        thread = _PREWARMS.get(key)
+        if thread is None:  # once per process: a retried commit asks again
+            thread = _PREWARMS[key] = threading.Thread(target=build, name="ge-prewarm", daemon=True)
+            thread.start()
     return thread
 
 
