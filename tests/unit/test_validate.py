@@ -65,3 +65,18 @@ def test_undecodable_rows_keep_their_bytes_and_reason() -> None:
     assert row["reasons"] == [UNDECODABLE]
     assert row["raw_value"] == b"\x07junk"
     assert row["detail"].startswith("bad_frame")
+
+
+def test_duplicates_are_found_whether_or_not_the_key_packs_into_64_bits() -> None:
+    # Sequence numbers spanning more than 2**62 cannot share an int64 with the symbol code and date: the struct-hash
+    # path must give the same answer as the packed one. Arrival order (offsets) decides which copy is kept.
+    for sequences in ([5, 9, 5, 7, 9], [5, 2**62, 5, 7, 2**62]):
+        frame = raw(
+            kafka_offset=[4, 3, 2, 1, 0],  # arrival order is the reverse of the frame's row order
+            sequence=sequences,
+            exchange_ts=[1_000_000] * 5,
+            price=[45_000_000] * 5,
+        )
+        result = validate(frame)
+        assert sorted(result.duplicates["kafka_offset"].to_list()) == [3, 4], sequences
+        assert sorted(result.ticks["kafka_offset"].to_list()) == [0, 1, 2]
