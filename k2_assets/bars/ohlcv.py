@@ -251,8 +251,10 @@ _LEN_BITS = 4
 _FREE_BITS = 28  # bits 4..31 of lo
 
 
-def _symbol_words(symbol: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
-    """(lo, hi) words of each inline symbol view, or None when some symbol is not inline (> 12 bytes)."""
+def _symbol_words(symbol: pl.Series) -> np.ndarray | None:
+    """The views of the symbols as 2n uint64 words (lo, hi, lo, hi, ...), a view of polars' own buffer (no copy: a
+    fresh 50M-row array costs more in page faults than the arithmetic), or None when some symbol is longer than
+    12 bytes (its view holds a prefix and a buffer reference, not the whole string)."""
     arr = symbol.to_arrow(compat_level=pl.CompatLevel.newest())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -260,10 +262,9 @@ def _symbol_words(symbol: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     buffers = arr.buffers()
     words = np.frombuffer(buffers[1], dtype="<u8", count=2 * (arr.offset + len(arr)))[2 * arr.offset :]
-    lo, hi = words[0::2], words[1::2]
-    if len(buffers) > 2 and int((lo & np.uint64(0xFFFFFFFF)).max()) > 12:
-        return None  # a long string: its view holds a prefix and a buffer reference, not the whole string
-    return lo, hi
+    if len(buffers) > 2 and int((words[0::2] & np.uint64(0xFFFFFFFF)).max()) > 12:
+        return None
+    return words
 
 
 def _bars_1m_packed(frame: pl.DataFrame, stats: _InputStats, tz: str) -> pl.DataFrame | None:
@@ -275,19 +276,17 @@ def _bars_1m_packed(frame: pl.DataFrame, stats: _InputStats, tz: str) -> pl.Data
     minute_bits = max(1, (stats.ts_hi // MINUTE_US - minute_lo).bit_length())
     hi_bits = _FREE_BITS - minute_bits
     words = _symbol_words(frame["symbol"])
-    if words is None or hi_bits < 0:
+    if words is None or hi_bits < 0 or int(words[1::2].max()) >> hi_bits:
         return None
-    if int(words[1].max()) >> hi_bits:
-        return None
-    lo, hi = pl.Series("_lo", words[0]), pl.Series("_hi", words[1])
+    views = pl.Series("_view", words).reshape((frame.height, 2))  # zero-copy: Array(UInt64, 2) per tick
     minute = pl.col("exchange_ts") // MINUTE_US
     key = (
-        pl.col("_lo")
-        + pl.col("_hi") * (1 << (_LEN_BITS + minute_bits))
+        pl.col("_view").arr.first()
+        + pl.col("_view").arr.last() * (1 << (_LEN_BITS + minute_bits))
         + (minute - minute_lo).cast(pl.UInt64) * (1 << _LEN_BITS)
     )
-    lazy = frame.select("sequence", "exchange_ts", "price", "volume").hstack([lo, hi]).lazy()
-    agg = _aggregate(lazy.with_columns(key.alias("_key")), ["_key"], minute * MINUTE_US, frame)
+    lazy = frame.select("sequence", "exchange_ts", "price", "volume").with_columns(views).lazy()
+    agg = _aggregate(lazy.with_columns(key.alias("_key")).drop("_view"), ["_key"], minute * MINUTE_US, frame)
     labels = _unpack_keys(agg["_key"].to_numpy(), minute_lo, minute_bits, hi_bits)
     agg = agg.with_columns(
         pl.lit(frame["exchange"][0], pl.String).alias("exchange"),
