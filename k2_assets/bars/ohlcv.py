@@ -177,16 +177,19 @@ _ROW_AGGS = [pl.col("_row").min().alias("_first"), pl.col("_row").max().alias("_
 def in_time_order(frame: pl.DataFrame, block: int = 1 << 20) -> bool:
     """Whether the rows are sorted by (exchange_ts, sequence): then a window's first row is its opening tick and its
     last row its closing tick (sequences are unique per symbol, so there are no ties inside a window). Checked a
-    block at a time (cache-sized temporaries; unsorted input is usually refused in the first block)."""
-    ts, seq = frame["exchange_ts"].to_numpy(), frame["sequence"].to_numpy()
-    for lo in range(0, len(ts) - 1, block):
-        hi = min(lo + block, len(ts) - 1)
-        before, after = ts[lo:hi], ts[lo + 1 : hi + 1]
+    block at a time on views of the columns (no full-size copy; unsorted input is usually refused in the first
+    block)."""
+    ts_col, seq_col = frame["exchange_ts"], frame["sequence"]
+    for start in range(0, frame.height - 1, block):
+        ts = ts_col.slice(start, block + 1).to_numpy()
+        before, after = ts[:-1], ts[1:]
         if not (after >= before).all():
             return False
         tie = after == before
-        if tie.any() and not (seq[lo + 1 : hi + 1][tie] >= seq[lo:hi][tie]).all():
-            return False
+        if tie.any():
+            seq = seq_col.slice(start, block + 1).to_numpy()
+            if not (seq[1:][tie] >= seq[:-1][tie]).all():
+                return False
     return True
 
 

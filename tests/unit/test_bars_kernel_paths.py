@@ -140,10 +140,14 @@ def test_packed_path_reads_chunked_sliced_and_lazy_frames(layout: str) -> None:
 
 
 def test_time_order_is_exchange_ts_then_sequence() -> None:
-    frame = pl.DataFrame({"exchange_ts": [1, 1, 2, 2], "sequence": [5, 7, 1, 9]})
-    assert ohlcv.in_time_order(frame)
-    assert not ohlcv.in_time_order(frame.with_columns(pl.Series("sequence", [7, 5, 1, 9])))  # tie broken wrongly
-    assert not ohlcv.in_time_order(frame.with_columns(pl.Series("exchange_ts", [1, 1, 3, 2])))
+    frame = pl.DataFrame({"exchange_ts": [1, 1, 2, 2, 3], "sequence": [5, 7, 1, 9, 2]})
+    for block in (1, 2, 3, 1 << 20):  # a step that straddles two blocks is checked too
+        assert ohlcv.in_time_order(frame, block)
+        assert not ohlcv.in_time_order(frame.with_columns(pl.Series("sequence", [7, 5, 1, 9, 2])), block)  # tie
+        assert not ohlcv.in_time_order(frame.with_columns(pl.Series("sequence", [5, 7, 9, 1, 2])), block)  # tie
+        assert not ohlcv.in_time_order(frame.with_columns(pl.Series("exchange_ts", [1, 1, 3, 2, 3])), block)
+    chunked = pl.concat([frame.head(3), frame.tail(2)], rechunk=False)
+    assert chunked["exchange_ts"].n_chunks() == 2 and ohlcv.in_time_order(chunked, 2)
 
 
 @settings(max_examples=25, deadline=None)
