@@ -344,26 +344,8 @@ def _bars_1m_general(ticks: pl.LazyFrame, tz: str) -> pl.DataFrame:
 
 
 def empty_states() -> pl.DataFrame:
-    schema = {
-        "exchange": pl.String,
-        "symbol": pl.String,
-        "window_start": pl.Int64,
-        "trading_date": pl.Date,
-        "window_end": pl.Int64,
-        "open": pl.Int64,
-        "high": pl.Int64,
-        "low": pl.Int64,
-        "close": pl.Int64,
-        "volume": pl.Int64,
-        "trade_count": pl.Int64,
-        "notional": pl.Int128,
-        "vwap": pl.Int64,
-        "first_sequence": pl.Int64,
-        "last_sequence": pl.Int64,
-        "first_ts": pl.Int64,
-        "last_ts": pl.Int64,
-    }
-    return pl.DataFrame(schema=schema).select(STATE_COLUMNS)
+    types = {"exchange": pl.String, "symbol": pl.String, "trading_date": pl.Date, "notional": pl.Int128}
+    return pl.DataFrame(schema={c: types.get(c, pl.Int64) for c in STATE_COLUMNS})
 
 
 def combine(states: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
