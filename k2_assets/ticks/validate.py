@@ -94,9 +94,9 @@ _SEP = "\x1f"
 
 def _first_of_key(frame: pl.DataFrame) -> pl.Series:
     """True for the first row (lowest arrival; `frame` is in arrival order) of each _GROUP_KEY."""
-    key = _packed_key(frame)
-    if key is not None:
-        return frame.select(key.is_first_distinct()).to_series()
+    packed = _PackedKey.of(frame)
+    if packed is not None:
+        return frame.select(packed.key.is_first_distinct()).to_series()
     # Duplicates are rare: a 64-bit hash finds the few candidate rows, only those are compared by their actual key.
     hashed = frame.select(pl.struct(_GROUP_KEY).hash().is_duplicated()).to_series()
     if not hashed.any():
@@ -106,26 +106,50 @@ def _first_of_key(frame: pl.DataFrame) -> pl.Series:
     return ~frame["arrival"].is_in(repeats.implode())
 
 
-def _packed_key(frame: pl.DataFrame) -> pl.Expr | None:
-    """(_g, trading_date, sequence) as one int64 when their ranges fit in 63 bits and none is null: an exact key
-    (no collisions), hashed much faster than a struct. None otherwise."""
-    if frame.is_empty():
-        return None
-    b = frame.select(
-        pl.col("_g").cast(pl.Int64).max().alias("g"),
-        pl.col("trading_date").cast(pl.Int32).min().alias("d0"),
-        pl.col("trading_date").cast(pl.Int32).max().alias("d1"),
-        pl.col("sequence").min().alias("s0"),
-        pl.col("sequence").max().alias("s1"),
-        pl.sum_horizontal(pl.col(_GROUP_KEY).null_count()).alias("nulls"),
-    ).row(0, named=True)
-    if b["nulls"]:
-        return None
-    days, seqs = b["d1"] - b["d0"] + 1, b["s1"] - b["s0"] + 1
-    if (b["g"] + 1) * days * seqs >= 2**63:
-        return None
-    date = pl.col("trading_date").cast(pl.Int32).cast(pl.Int64) - b["d0"]
-    return (pl.col("_g").cast(pl.Int64) * days + date) * seqs + (pl.col("sequence") - b["s0"])
+def _key_in(frame: pl.DataFrame, keys: pl.DataFrame) -> pl.Series:
+    """True for each row of `frame` whose _GROUP_KEY is one of `keys`' (an anti/semi-join mask, in row order)."""
+    packed = _PackedKey.of(frame)
+    if packed is not None:
+        wanted = keys.filter(packed.in_range).select(packed.key).to_series()
+        return frame.select(packed.key.is_in(wanted.implode())).to_series()
+    hits = frame.join(keys.unique(), on=_GROUP_KEY, how="semi", maintain_order="left")["arrival"]
+    return frame["arrival"].is_in(hits.implode())
+
+
+@dataclass(frozen=True)
+class _PackedKey:
+    """(_g, trading_date, sequence) as one int64, exact (no collisions) for values within the bounds of the frame it
+    was made for: hashed much faster than a struct of three columns."""
+
+    key: pl.Expr
+    in_range: pl.Expr  # rows of another frame whose values lie within these bounds (only those may be packed)
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> _PackedKey | None:
+        """None when the frame is empty, has a null key value, or its ranges do not fit in 63 bits."""
+        if frame.is_empty():
+            return None
+        date = pl.col("trading_date").cast(pl.Int32).cast(pl.Int64)
+        b = frame.select(
+            pl.col("_g").cast(pl.Int64).max().alias("g"),
+            date.min().alias("d0"),
+            date.max().alias("d1"),
+            pl.col("sequence").min().alias("s0"),
+            pl.col("sequence").max().alias("s1"),
+            pl.sum_horizontal(pl.col(_GROUP_KEY).null_count()).alias("nulls"),
+        ).row(0, named=True)
+        if b["nulls"]:
+            return None
+        days, seqs = b["d1"] - b["d0"] + 1, b["s1"] - b["s0"] + 1
+        if (b["g"] + 1) * days * seqs >= 2**63:
+            return None
+        key = (pl.col("_g").cast(pl.Int64) * days + (date - b["d0"])) * seqs + (pl.col("sequence") - b["s0"])
+        in_range = (
+            pl.col("_g").cast(pl.Int64).is_between(0, b["g"])
+            & date.is_between(b["d0"], b["d1"])
+            & pl.col("sequence").is_between(b["s0"], b["s1"])
+        )
+        return cls(key, in_range.fill_null(False))
 
 
 def empty_keys() -> pl.DataFrame:
@@ -230,9 +254,8 @@ def validate(
     unique = passed.filter(first_of_key)
     table_dups = in_batch_dups.clear()
     if seen_keys is not None and not seen_keys.is_empty():
-        seen = seen_keys.join(groups, on=["exchange", "symbol"], how="inner").select(_GROUP_KEY).unique()
-        is_seen = unique.join(seen, on=_GROUP_KEY, how="semi", maintain_order="left")["arrival"]
-        mask = unique["arrival"].is_in(is_seen.implode())
+        seen = seen_keys.join(groups, on=["exchange", "symbol"], how="inner").select(_GROUP_KEY)
+        mask = _key_in(unique, seen)
         table_dups = unique.filter(mask).with_columns(pl.lit("ticks").alias("duplicate_of"))
         unique = unique.filter(~mask)
     duplicate_rows = pl.concat([in_batch_dups, table_dups]).select("_row", "duplicate_of")

@@ -69,3 +69,13 @@ def test_every_raw_row_is_published_quarantined_or_a_counted_duplicate() -> None
     assert sorted(outcomes) == frame["kafka_offset"].to_list()
     assert result.ticks["sequence"].to_list() == [1, 2, 6]
     assert result.duplicates_by_kind == {"batch": 1, "ticks": 2}
+
+
+def test_published_keys_match_on_the_packed_and_the_fallback_path_alike() -> None:
+    # 2**62 apart, the batch's sequences no longer pack next to the symbol code and date: the join path decides.
+    # Published keys outside the batch's range (sequence 1, another day, another symbol) never match.
+    for big in (50, 2**62):
+        published = pl.concat([seen([1, 3, big]), seen([3], day=dt.date(2026, 11, 24)), seen([5], symbol="CBA")])
+        result = validate(batch([3, 5, big]), seen_keys=published)
+        assert result.ticks["sequence"].to_list() == [5], big
+        assert result.duplicates["kafka_offset"].to_list() == [0, 2]
