@@ -42,6 +42,15 @@ def session_of(code: str, day: dt.date) -> tuple[int, int] | None:
     return None if rows.is_empty() else (int(rows["open_us"][0]), int(rows["close_us"][0]))
 
 
+def outside_placed_session(ts: str) -> pl.Expr:
+    """Over rows joined to `schedule()` on their trading date: the timestamp column `ts` is set and not inside that
+    session (before the open, at or after the close, in the break, or no session that day)."""
+    at = pl.col(ts)
+    in_break = pl.col("break_start_us").is_not_null() & (at >= pl.col("break_start_us")) & (at < pl.col("break_end_us"))
+    inside = (at >= pl.col("open_us")) & (at < pl.col("close_us")) & ~in_break.fill_null(False)
+    return at.is_not_null() & ~inside.fill_null(False)
+
+
 def outside_session(frame: pl.DataFrame, ts_column: str = "exchange_ts") -> pl.Series:
     """True for each row whose `ts_column` (UTC µs) is not inside a session of its `exchange`: a non-trading day
     (weekend, holiday), before the open, at or after the close, in a session break, beyond the calendar's range, or
@@ -62,16 +71,7 @@ def outside_session(frame: pl.DataFrame, ts_column: str = "exchange_ts") -> pl.S
         placed = rows.with_columns(trading_date(pl.col("_ts"), known.tz).alias("trading_date")).join(
             sessions, on="trading_date", how="left"
         )
-        inside = (
-            (pl.col("_ts") >= pl.col("open_us"))
-            & (pl.col("_ts") < pl.col("close_us"))
-            & ~(
-                pl.col("break_start_us").is_not_null()
-                & (pl.col("_ts") >= pl.col("break_start_us"))
-                & (pl.col("_ts") < pl.col("break_end_us"))
-            )
-        )
-        parts.append(placed.select("_row", (pl.col("_ts").is_not_null() & ~inside.fill_null(False)).alias("_out")))
+        parts.append(placed.select("_row", outside_placed_session("_ts").alias("_out")))
     if not parts:
         return out
     flags = pl.concat(parts)

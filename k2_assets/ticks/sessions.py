@@ -61,7 +61,7 @@ def outside_session_mask(frame: pl.DataFrame, ts_column: str = "exchange_ts") ->
     """True for each row whose `ts_column` is not inside a session of its `exchange` (k2_assets/bars/session.py's
     calendar: non-trading day, before the open, at or after the close, in a break, or an exchange without a
     calendar). Needs `exchange` and `trading_date` (trading_dates) already on the frame. Null timestamp -> False."""
-    from k2_assets.bars.session import schedule
+    from k2_assets.bars.session import outside_placed_session, schedule
 
     out = pl.Series("outside_session", [False] * frame.height, pl.Boolean)
     for code in [c for c in frame["exchange"].unique().to_list() if c is not None]:
@@ -74,15 +74,6 @@ def outside_session_mask(frame: pl.DataFrame, ts_column: str = "exchange_ts") ->
             placed = frame.select("trading_date", pl.col(ts_column).alias("_ts")).join(
                 sessions, on="trading_date", how="left", maintain_order="left"
             )
-            inside = (
-                (pl.col("_ts") >= pl.col("open_us"))
-                & (pl.col("_ts") < pl.col("close_us"))
-                & ~(
-                    pl.col("break_start_us").is_not_null()
-                    & (pl.col("_ts") >= pl.col("break_start_us"))
-                    & (pl.col("_ts") < pl.col("break_end_us"))
-                ).fill_null(False)
-            )
-            flags = placed.select(pl.col("_ts").is_not_null() & ~inside.fill_null(False)).to_series()
+            flags = placed.select(outside_placed_session("_ts")).to_series()
         out = out | (mask & flags)
     return out.alias("outside_session")

@@ -120,20 +120,26 @@ def test_file_list_reads_equal_iceberg_scan_for_current_older_and_compacted_snap
     }
 
 
-def test_typed_reads_use_the_file_list_for_now_as_of_and_tags_and_see_a_new_commit_at_once(
-    offline_lakehouse: Settings,
-) -> None:
-    _, table = build(offline_lakehouse)
-    c = Client(offline_lakehouse)
+def record_executions(client: Client) -> list[Execution]:
+    """Every Execution the client's engine returns from now on (to see which source each read took)."""
     seen: list[Execution] = []
-    original = c.engine.execute
+    original = client.engine.execute
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         done = original(*args, **kwargs)
         seen.append(done)
         return done
 
-    c.engine.execute = spy  # type: ignore[method-assign]
+    client.engine.execute = spy  # type: ignore[method-assign]
+    return seen
+
+
+def test_typed_reads_use_the_file_list_for_now_as_of_and_tags_and_see_a_new_commit_at_once(
+    offline_lakehouse: Settings,
+) -> None:
+    _, table = build(offline_lakehouse)
+    c = Client(offline_lakehouse)
+    seen = record_executions(c)
     start, end = DAY + dt.timedelta(seconds=30), DAY + dt.timedelta(seconds=130)
     first = table.current_snapshot()
     assert first is not None
@@ -275,15 +281,7 @@ def test_raw_sql_reads_only_the_files_its_where_clause_can_match_and_returns_ice
     iceberg, _ = build(offline_lakehouse)
     sql = _sql_cases()[case]
     c = Client(offline_lakehouse)
-    seen: list[Execution] = []
-    original = c.engine.execute
-
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        done = original(*args, **kwargs)
-        seen.append(done)
-        return done
-
-    c.engine.execute = spy  # type: ignore[method-assign]
+    seen = record_executions(c)
     fast = c.sql(sql)
     reference = QueryEngine(iceberg, QueryLimits()).execute(sql, reads=["ticks"])
     assert reference.sources == {}
