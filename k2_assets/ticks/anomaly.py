@@ -8,9 +8,10 @@ at least one more position per symbol, and a pass that changes nothing is the se
 settle in three passes.
 
 A symbol with no carried last valid price (first batch ever) starts from the median of its first prices in the
-batch, so a spike in its very first tick is caught instead of becoming the reference. If `max_passes` is reached (a long run of anomalies, e.g. a real level shift), every tick
-from the first unsettled one on is flagged: the conservative choice, since flagged ticks wait for review
-(`k2 quarantine release`), while unflagged bad ticks would be published.
+batch, so a spike in its very first tick is caught instead of becoming the reference. If `max_passes` is reached
+(a long run of anomalies, e.g. a real level shift), every tick from the first unsettled one on is flagged: the
+conservative choice, since flagged ticks wait for review (`k2 quarantine release`), while unflagged bad ticks
+would be published.
 """
 
 from __future__ import annotations
@@ -18,76 +19,81 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from k2_assets.ticks.ordering import stable_group_order
+from k2_assets.ticks.ordering import Grouped, dense_codes
 
-_FIRST_SEEN = 11  # prices whose median seeds the reference of a symbol with no carried last price
-_NO_REF = -(2**63)  # marks "no reference price yet" through a forward fill; no price is -2^63 millionths
+FIRST_SEEN = 11  # prices whose median seeds the reference of a symbol with no carried last price
+NO_REF = -(2**63)  # "no reference price"; no price is -2^63 millionths
+_MAX_PRICE = np.iinfo(np.int64).max
 
 
 def flag_anomalies(
     ticks: pl.DataFrame, last_prices: pl.DataFrame | None, threshold_bps: int, max_passes: int = 12
 ) -> pl.DataFrame:
     """(anomaly, reference) for every row of `ticks` (exchange, symbol, price, or _g, price where _g is a group code
-    per (exchange, symbol); rows in arrival order). `last_prices` has the same key columns and last_price.
-
-    `last_prices` (exchange, symbol, last_price) seeds the reference of each symbol's first tick; without one the
-    median of the symbol's first prices in the batch does. A reference at or below zero (derivatives) disables the check for that tick.
-    """
+    per (exchange, symbol); rows in arrival order). `last_prices` has the same key columns and last_price: the
+    reference of each symbol's first tick; without one the median of the symbol's first prices in the batch is.
+    A reference at or below zero (derivatives) disables the check for that tick."""
     if ticks.is_empty():
         return pl.DataFrame(schema={"anomaly": pl.Boolean, "reference": pl.Int64})
-    # One integer code per (exchange, symbol) (`_g`, if the caller has one): grouping and sorting on it is much
-    # cheaper than on the strings.
-    if "_g" in ticks.columns:
-        frame = ticks.select("_g", "price").with_row_index("_pos")
+    on = ["_g"] if "_g" in ticks.columns else ["exchange", "symbol"]
+    if on == ["_g"]:
+        ids = ticks["_g"].cast(pl.Int64)
     else:
-        key = pl.concat_str(["exchange", "symbol"], separator="\x1f", ignore_nulls=True)
-        frame = ticks.select(key.cast(pl.Categorical).to_physical().alias("_g"), "price", "exchange", "symbol")
-        frame = frame.with_row_index("_pos")
-    groups = frame.group_by("_g").agg(
-        *([pl.col("exchange").first(), pl.col("symbol").first()] if "symbol" in frame.columns else []),
-        # A symbol seen for the first time has no reference: the median of its first few prices is one, robust to
-        # a spike in its very first tick (which would otherwise become the reference and flag every tick after).
-        pl.col("price").head(_FIRST_SEEN).quantile(0.5, interpolation="nearest").cast(pl.Int64).alias("_median"),
-    )
+        ids = ticks.select(pl.concat_str(on, separator="\x1f", ignore_nulls=True).cast(pl.Categorical).to_physical())
+        ids = ids.to_series()
+    codes, _ = dense_codes(ids)
+    rows = Grouped.of(codes)
+    starts = rows.starts()
+    heads = rows.order[starts]  # a row of each group, in group-code order
+    carried = np.full(len(heads), NO_REF, dtype=np.int64)
     if last_prices is not None and not last_prices.is_empty():
-        on = ["_g"] if "_g" in last_prices.columns else ["exchange", "symbol"]
-        seeds = last_prices.select(*on, pl.col("last_price").cast(pl.Int64).alias("_carried")).unique(on)
-        groups = groups.join(seeds, on=on, how="left")
-    else:
-        groups = groups.with_columns(pl.lit(None, pl.Int64).alias("_carried"))
-    groups = groups.select("_g", pl.coalesce("_carried", "_median").alias("_seed"))
-    # Rows of a symbol together, in arrival order inside the group (a stable argsort of the group code), and each
-    # row's seed looked up in a table indexed by the code.
-    codes = frame["_g"].cast(pl.Int64).fill_null(-1).to_numpy() + 1  # 0: no group (never in validated rows)
-    order = stable_group_order(pl.Series(codes))
-    table = np.full(int(codes.max()) + 1, _NO_REF, dtype=np.int64)
-    seeds = groups.filter(pl.col("_seed").is_not_null())
-    table[seeds["_g"].cast(pl.Int64).to_numpy() + 1] = seeds["_seed"].to_numpy()
-    sorted_codes = codes[order]
-    price = frame["price"].to_numpy()[order]
-    seed = table[sorted_codes]
-    starts = np.ones(len(order), dtype=bool)
-    starts[1:] = sorted_codes[1:] != sorted_codes[:-1]
-    anomaly, reference, changed, settled = _settle(price, starts, seed, threshold_bps, max_passes)
-    if not settled:
-        group = np.cumsum(starts)
-        unsettled = pl.DataFrame({"g": group, "c": changed}).select(pl.col("c").cum_max().over("g")).to_series()
-        anomaly = anomaly | unsettled.to_numpy()
-    # Back to the callers' row order.
-    position = order
+        seeds = last_prices.select(*on, pl.col("last_price").cast(pl.Int64)).unique(on)
+        found = ticks[heads].select(on).join(seeds, on=on, how="left", maintain_order="left")["last_price"]
+        carried = found.fill_null(NO_REF).to_numpy()
+    price = ticks["price"].cast(pl.Int64).to_numpy()[rows.order]
+    anomaly, reference = flag_grouped(price, starts, carried, threshold_bps, max_passes)
     out_anomaly = np.empty_like(anomaly)
     out_reference = np.empty_like(reference)
-    out_anomaly[position] = anomaly
-    out_reference[position] = reference
+    out_anomaly[rows.order] = anomaly
+    out_reference[rows.order] = reference
     return pl.DataFrame(
-        {"anomaly": out_anomaly, "reference": pl.Series(out_reference).replace(_NO_REF, None)},
+        {"anomaly": out_anomaly, "reference": pl.Series(out_reference).replace(NO_REF, None)},
         schema={"anomaly": pl.Boolean, "reference": pl.Int64},
     )
 
 
+def flag_grouped(
+    price: np.ndarray, starts: np.ndarray, carried: np.ndarray, threshold_bps: int, max_passes: int = 12
+) -> tuple[np.ndarray, np.ndarray]:
+    """(anomaly, reference) of ticks already grouped per symbol in arrival order (`starts` marks each group's first
+    tick). `carried[k]` is group k's last valid price from earlier batches, or NO_REF; reference is NO_REF where a
+    tick had none."""
+    if not len(price):
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    group_seed = np.where(carried != NO_REF, carried, first_seen_medians(price, starts))
+    group = np.cumsum(starts) - 1
+    anomaly, reference, changed, settled = _settle(price, starts, group_seed[group], threshold_bps, max_passes)
+    if not settled:
+        unsettled = pl.DataFrame({"g": group, "c": changed}).select(pl.col("c").cum_max().over("g")).to_series()
+        anomaly = anomaly | unsettled.to_numpy()
+    return anomaly, reference
+
+
+def first_seen_medians(price: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per group: the median of its first FIRST_SEEN prices (the upper one of the middle two for an even count,
+    as polars' quantile(0.5, "nearest")). One small [groups x FIRST_SEEN] matrix, no per-group loop."""
+    heads = np.flatnonzero(starts)
+    ends = np.append(heads[1:], len(price))
+    at = heads[:, None] + np.arange(FIRST_SEEN)[None, :]
+    inside = at < ends[:, None]
+    values = np.where(inside, price[np.minimum(at, len(price) - 1)], _MAX_PRICE)
+    values.sort(axis=1)
+    return values[np.arange(len(heads)), inside.sum(axis=1) // 2]
+
+
 def _judge(price: np.ndarray, reference: np.ndarray, threshold_bps: int) -> np.ndarray:
     """Anomaly flags of ticks against their references (no check where the reference is missing or <= 0)."""
-    usable = (reference != _NO_REF) & (reference > 0)
+    usable = (reference != NO_REF) & (reference > 0)
     base = np.where(usable, reference, price)  # no arithmetic on the no-reference marker
     return usable & (np.abs(price - base) * 10_000 > base * threshold_bps)
 
@@ -99,31 +105,44 @@ def _settle(
     first tick, `seed` its reference): (anomaly, reference, changed by the last pass, settled).
 
     The first pass takes every tick as valid, so each tick's reference is its predecessor (the seed for a group's
-    first). Later passes only differ for ticks right after an invalid one: just those few get a new reference, the
-    last valid tick before them (a binary search over the valid positions), so a pass costs a few linear scans
-    instead of a full recomputation."""
+    first): one pass over every tick. A later pass can only change the ticks right after an invalid one (`moved`):
+    they get the last valid tick before them as reference, found from the runs of invalid ticks. Invalid ticks are
+    few, so later passes cost that, not the batch size."""
     n = len(price)
+    reference = np.empty(n, dtype=np.int64)
+    reference[1:] = price[:-1]
+    reference[starts] = seed[starts]
+    first_anomaly = _judge(price, reference, threshold_bps)
+    if max_passes < 2 or not first_anomaly.any():
+        return first_anomaly, reference, first_anomaly, not first_anomaly.any()
     group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-    first_reference = np.empty(n, dtype=np.int64)
-    first_reference[1:] = price[:-1]
-    first_reference[starts] = seed[starts]
-    first_anomaly = _judge(price, first_reference, threshold_bps)
-    valid = np.ones(n, dtype=bool)
-    anomaly, reference, changed = first_anomaly, first_reference, ~valid
-    for pass_number in range(max_passes):
-        if pass_number:
-            after_invalid = np.flatnonzero(~valid[:-1]) + 1
-            moved = after_invalid[~starts[after_invalid]]  # a group's first tick keeps its seed
-            valid_positions = np.concatenate(([-1], np.flatnonzero(valid)))  # -1: no valid tick before
-            last_valid = valid_positions[np.searchsorted(valid_positions, moved) - 1]
-            in_group = last_valid >= group_start[moved]
-            new_reference = np.where(in_group, price[np.maximum(last_valid, 0)], seed[moved])
-            reference = first_reference.copy()
-            reference[moved] = new_reference
-            anomaly = first_anomaly.copy()
-            anomaly[moved] = _judge(price[moved], new_reference, threshold_bps)
-        if np.array_equal(~anomaly, valid):
-            return anomaly, reference, changed, True
-        changed = ~anomaly != valid
-        valid = ~anomaly
+    anomaly = first_anomaly.copy()
+    changed = first_anomaly.copy()  # what the first pass changed (from "all valid")
+    empty = np.zeros(0, dtype=np.int64)
+    moved, moved_reference = empty, empty
+    for _ in range(max_passes - 1):
+        previous = moved
+        invalid = np.flatnonzero(anomaly)
+        moved = invalid + 1
+        moved = moved[moved < n]
+        moved = moved[~starts[moved]]  # a group's first tick keeps its seed
+        # The last valid tick before `moved` is the one before the first tick of the invalid run ending at moved-1.
+        head = np.ones(len(invalid), dtype=bool)
+        head[1:] = invalid[1:] != invalid[:-1] + 1
+        run_first = invalid[np.maximum.accumulate(np.where(head, np.arange(len(invalid)), 0))]
+        last_valid = run_first[np.searchsorted(invalid, moved - 1)] - 1
+        in_group = last_valid >= group_start[moved]
+        moved_reference = np.where(in_group, price[np.maximum(last_valid, 0)], seed[moved])
+        # This pass's flags differ from the first pass's only at `moved`; the previous pass's only at `previous`.
+        touched = np.union1d(previous, moved)
+        proposed = first_anomaly[touched]
+        proposed[np.searchsorted(touched, moved)] = _judge(price[moved], moved_reference, threshold_bps)
+        differs = touched[proposed != anomaly[touched]]
+        if not len(differs):
+            reference[moved] = moved_reference
+            return anomaly, reference, np.zeros(n, dtype=bool), True
+        anomaly[touched] = proposed
+        changed = np.zeros(n, dtype=bool)
+        changed[differs] = True
+    reference[moved] = moved_reference
     return anomaly, reference, changed, False

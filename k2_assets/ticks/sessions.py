@@ -3,6 +3,7 @@ usual case is one constant offset added to every row (no per-row time zone conve
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from k2_resources.exchanges import EXCHANGES
@@ -43,9 +44,21 @@ def local_dates(ts_us: pl.Series, tz: str) -> pl.Series:
     return ((ts + offset) // DAY_US).cast(pl.Int32).cast(pl.Date).alias(ts_us.name)
 
 
+def exchange_codes(exchange: pl.Series) -> list[str]:
+    """The distinct non-null exchange codes of a column. A batch has one exchange (a topic per exchange), which one
+    comparison proves: no hash of a million strings."""
+    present = exchange.is_not_null()
+    if not present.any():
+        return []
+    first = exchange[int(present.arg_max())]  # type: ignore[arg-type]
+    if ((exchange == first) | ~present).all():
+        return [str(first)]
+    return [str(c) for c in exchange.unique().to_list() if c is not None]
+
+
 def trading_dates(frame: pl.DataFrame, ts_column: str = "exchange_ts") -> pl.Series:
     """Trading date of every row: the exchange-local date of `ts_column`, by the row's `exchange`."""
-    codes = [c for c in frame["exchange"].unique().to_list() if c is not None]
+    codes = exchange_codes(frame["exchange"])
     if len(codes) <= 1:
         return local_dates(frame[ts_column], exchange_tz(codes[0] if codes else None)).alias("trading_date")
     out = pl.Series("trading_date", [None] * frame.height, pl.Date)
@@ -61,19 +74,42 @@ def outside_session_mask(frame: pl.DataFrame, ts_column: str = "exchange_ts") ->
     """True for each row whose `ts_column` is not inside a session of its `exchange` (k2_assets/bars/session.py's
     calendar: non-trading day, before the open, at or after the close, in a break, or an exchange without a
     calendar). Needs `exchange` and `trading_date` (trading_dates) already on the frame. Null timestamp -> False."""
-    from k2_assets.bars.session import outside_placed_session, schedule
-
-    out = pl.Series("outside_session", [False] * frame.height, pl.Boolean)
-    for code in [c for c in frame["exchange"].unique().to_list() if c is not None]:
-        mask = (frame["exchange"] == code).fill_null(False)
-        known = EXCHANGES.get(str(code).upper())
-        if known is None:
-            flags = frame[ts_column].is_not_null()
+    codes = exchange_codes(frame["exchange"])
+    out = np.zeros(frame.height, dtype=bool)
+    ts = frame[ts_column].cast(pl.Int64)
+    for code in codes:
+        known = EXCHANGES.get(code.upper())
+        flags = ts.is_not_null().to_numpy() if known is None else _outside(ts, frame["trading_date"], known.code)
+        if len(codes) == 1:
+            out |= flags
         else:
-            sessions = schedule(known.code)
-            placed = frame.select("trading_date", pl.col(ts_column).alias("_ts")).join(
-                sessions, on="trading_date", how="left", maintain_order="left"
-            )
-            flags = placed.select(outside_placed_session("_ts")).to_series()
-        out = out | (mask & flags)
-    return out.alias("outside_session")
+            out |= flags & (frame["exchange"] == code).fill_null(False).to_numpy()
+    return pl.Series("outside_session", out)
+
+
+def _outside(ts: pl.Series, dates: pl.Series, code: str) -> np.ndarray:
+    """Outside the session of each row's trading date: the sessions of the batch's few dates in a small table
+    indexed by day, looked up per row (no join of a million rows)."""
+    from k2_assets.bars.session import schedule
+
+    days = dates.cast(pl.Int32)
+    known = ts.is_not_null() & days.is_not_null()
+    if not known.any():
+        return np.zeros(len(ts), dtype=bool)
+    first, last = int(days.min()), int(days.max())  # type: ignore[arg-type]
+    span = pl.DataFrame({"trading_date": pl.int_range(first, last + 1, eager=True).cast(pl.Int32).cast(pl.Date)})
+    sessions = span.join(schedule(code), on="trading_date", how="left", maintain_order="left")
+    # No session that day: an empty window (open = close = 0), so every tick of it is outside.
+    table = sessions.select(
+        pl.col("open_us", "close_us", "break_start_us", "break_end_us").fill_null(0),
+        pl.col("break_start_us").is_not_null().alias("has_break"),
+    )
+    if first == last:  # one trading day (the usual batch): its bounds are scalars, nothing is looked up per row
+        opens, closes, break_starts, break_ends, has_break = table.row(0)
+    else:
+        day = days.fill_null(first).to_numpy() - first
+        opens, closes, break_starts, break_ends, has_break = (column.to_numpy()[day] for column in table.iter_columns())
+    at = ts.fill_null(0).to_numpy()
+    inside = (at >= opens) & (at < closes)
+    in_break = has_break & (at >= break_starts) & (at < break_ends)
+    return known.to_numpy() & ~(inside & ~in_break)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 from k2_assets.bars.session import OUTSIDE_SESSION
-from k2_assets.ticks.anomaly import flag_anomalies
-from k2_assets.ticks.sessions import outside_session_mask, trading_dates
+from k2_assets.ticks.anomaly import NO_REF, flag_grouped
+from k2_assets.ticks.dedup import first_occurrences, published_before
+from k2_assets.ticks.ordering import Grouped, dense_codes
+from k2_assets.ticks.sessions import exchange_codes, outside_session_mask, trading_dates
 
 # Reason codes written to quarantine.reasons. Stable strings: compliance reports group by them.
 UNDECODABLE = "undecodable"
@@ -61,7 +64,8 @@ class ValidationResult:
     ticks: pl.DataFrame  # TICK_COLUMNS + SOURCE_COLUMNS, in arrival order
     quarantine: pl.DataFrame  # SOURCE_COLUMNS + TICK_COLUMNS + reasons, detail, raw_value, kafka_key, decode_error
     duplicates: pl.DataFrame  # SOURCE_COLUMNS + duplicate_of ("batch" | "ticks") of rows dropped as duplicates
-    # RECEIVED_COLUMNS (+ _g, a code per exchange+symbol): what the sequence tracker sees
+    # RECEIVED_COLUMNS (+ _g, a code per exchange+symbol): what the sequence tracker sees, grouped per symbol
+    # (codes ascending), arrival order inside each symbol
     received: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     @property
@@ -88,68 +92,7 @@ def _decimal(millionths: pl.Expr) -> pl.Expr:
     return (millionths / 1_000_000).round(6).cast(pl.String)
 
 
-_GROUP_KEY = ["_g", "trading_date", "sequence"]  # DEDUP_KEY with (exchange, symbol) as one integer code
 _SEP = "\x1f"
-
-
-def _first_of_key(frame: pl.DataFrame) -> pl.Series:
-    """True for the first row (lowest arrival; `frame` is in arrival order) of each _GROUP_KEY."""
-    packed = _PackedKey.of(frame)
-    if packed is not None:
-        return frame.select(packed.key.is_first_distinct()).to_series()
-    # Duplicates are rare: a 64-bit hash finds the few candidate rows, only those are compared by their actual key.
-    hashed = frame.select(pl.struct(_GROUP_KEY).hash().is_duplicated()).to_series()
-    if not hashed.any():
-        return pl.Series([True] * frame.height, dtype=pl.Boolean)
-    candidates = frame.select(*_GROUP_KEY, "arrival").filter(hashed)
-    repeats = candidates.filter(~pl.struct(_GROUP_KEY).is_first_distinct())["arrival"]
-    return ~frame["arrival"].is_in(repeats.implode())
-
-
-def _key_in(frame: pl.DataFrame, keys: pl.DataFrame) -> pl.Series:
-    """True for each row of `frame` whose _GROUP_KEY is one of `keys`' (an anti/semi-join mask, in row order)."""
-    packed = _PackedKey.of(frame)
-    if packed is not None:
-        wanted = keys.filter(packed.in_range).select(packed.key).to_series()
-        return frame.select(packed.key.is_in(wanted.implode())).to_series()
-    hits = frame.join(keys.unique(), on=_GROUP_KEY, how="semi", maintain_order="left")["arrival"]
-    return frame["arrival"].is_in(hits.implode())
-
-
-@dataclass(frozen=True)
-class _PackedKey:
-    """(_g, trading_date, sequence) as one int64, exact (no collisions) for values within the bounds of the frame it
-    was made for: hashed much faster than a struct of three columns."""
-
-    key: pl.Expr
-    in_range: pl.Expr  # rows of another frame whose values lie within these bounds (only those may be packed)
-
-    @classmethod
-    def of(cls, frame: pl.DataFrame) -> _PackedKey | None:
-        """None when the frame is empty, has a null key value, or its ranges do not fit in 63 bits."""
-        if frame.is_empty():
-            return None
-        date = pl.col("trading_date").cast(pl.Int32).cast(pl.Int64)
-        b = frame.select(
-            pl.col("_g").cast(pl.Int64).max().alias("g"),
-            date.min().alias("d0"),
-            date.max().alias("d1"),
-            pl.col("sequence").min().alias("s0"),
-            pl.col("sequence").max().alias("s1"),
-            pl.sum_horizontal(pl.col(_GROUP_KEY).null_count()).alias("nulls"),
-        ).row(0, named=True)
-        if b["nulls"]:
-            return None
-        days, seqs = b["d1"] - b["d0"] + 1, b["s1"] - b["s0"] + 1
-        if (b["g"] + 1) * days * seqs >= 2**63:
-            return None
-        key = (pl.col("_g").cast(pl.Int64) * days + (date - b["d0"])) * seqs + (pl.col("sequence") - b["s0"])
-        in_range = (
-            pl.col("_g").cast(pl.Int64).is_between(0, b["g"])
-            & date.is_between(b["d0"], b["d1"])
-            & pl.col("sequence").is_between(b["s0"], b["s1"])
-        )
-        return cls(key, in_range.fill_null(False))
 
 
 def empty_keys() -> pl.DataFrame:
@@ -158,30 +101,38 @@ def empty_keys() -> pl.DataFrame:
     )
 
 
+def _group_ids(raw: pl.DataFrame) -> np.ndarray:
+    """A small non-negative integer per (exchange, symbol) of every raw row; rows without an exchange or symbol
+    get the id after the last."""
+    # One exchange per batch is the rule (a topic per exchange): then the symbol alone is the group.
+    key = pl.col("symbol")
+    if len(exchange_codes(raw["exchange"])) > 1:
+        key = pl.concat_str(["exchange", "symbol"], separator=_SEP)
+    ids = raw.select(pl.when(pl.col("exchange").is_not_null()).then(key.cast(pl.Categorical).to_physical()))
+    return dense_codes(ids.to_series())[0]
+
+
 def _narrow(raw: pl.DataFrame, derivatives: list[str]) -> pl.DataFrame:
     """The columns the rules need, in arrival order (topic, partition, offset), with `_row` pointing back into `raw`
-    and `_g` an integer code of (exchange, symbol). All the logic runs on this; wide columns (strings, lists,
-    bytes) are gathered once per output at the end."""
-    order = _arrival_order(raw)
-    # One exchange per batch is the rule (a topic per exchange): then the symbol alone is the group.
-    one_exchange = raw["exchange"].drop_nulls().n_unique() <= 1
-    key = pl.col("symbol") if one_exchange else pl.concat_str(["exchange", "symbol"], separator=_SEP)
-    group = pl.when(pl.col("exchange").is_not_null()).then(key.cast(pl.Categorical).to_physical())
+    and `_g` the group id. All the logic runs on this; wide columns (strings, lists, bytes) are gathered once
+    per output at the end."""
     derivative = pl.col("symbol").is_in(derivatives).fill_null(False) if derivatives else pl.lit(False)
     narrow = raw.select(
         pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"),
-        pl.col("exchange").cast(pl.Categorical),
-        group.alias("_g"),
+        "exchange",
+        pl.Series("_g", _group_ids(raw)),
         "sequence",
         "exchange_ts",
         "price",
         "volume",
         pl.col("decode_error").is_null().alias("_decoded"),
         pl.any_horizontal([pl.col(c).is_null() for c in REQUIRED]).alias("_missing"),
+        pl.all_horizontal([pl.col(c).is_not_null() for c in [*KEY, "exchange_ts"]]).alias("_keyed"),
         derivative.alias("_derivative"),
     )
+    order = _arrival_order(raw)
     if order is not None:
-        narrow = narrow.select(pl.all().gather(order))
+        narrow = narrow[order]
     narrow = narrow.with_row_index("arrival")
     return narrow.with_columns(trading_dates(narrow))
 
@@ -199,11 +150,83 @@ def _arrival_order(raw: pl.DataFrame) -> pl.Series | None:
     return raw.select(pl.arg_sort_by(keys)).to_series()
 
 
-def _groups(raw: pl.DataFrame, narrow: pl.DataFrame) -> pl.DataFrame:
-    """(_g, exchange, symbol) of every group code in the batch (strings gathered for one row per group)."""
-    firsts = narrow.filter(pl.col("_g").is_not_null()).group_by("_g").agg(pl.col("_row").first())
-    names = raw.select("exchange", "symbol")[firsts["_row"]]
-    return pl.concat([firsts.select("_g"), names], how="horizontal")
+def _rule_verdicts(narrow: pl.DataFrame, rules: Rules, now_us: int | None) -> pl.DataFrame:
+    """One boolean column per row-level rule, named by its reason code; `_failing` (any rule) and `_keyed`
+    (failing, but with a key the sequence tracker can use)."""
+    decoded, missing = pl.col("_decoded"), pl.col("_missing")
+    rules_by_reason = [
+        (UNDECODABLE, ~decoded),
+        (MISSING_FIELD, decoded & missing),
+        (NON_POSITIVE_PRICE, decoded & (pl.col("price") <= 0) & ~pl.col("_derivative")),
+        (NEGATIVE_VOLUME, decoded & (pl.col("volume") < 0)),
+    ]
+    if now_us is not None:
+        rules_by_reason.append(
+            (FUTURE_TIMESTAMP, decoded & (pl.col("exchange_ts") > now_us + rules.future_tolerance_us))
+        )
+    if now_us is not None and rules.check_session:
+        rules_by_reason.append((OUTSIDE_SESSION, decoded & ~missing & pl.lit(outside_session_mask(narrow))))
+    verdicts = narrow.select(*[cond.fill_null(False).alias(code) for code, cond in rules_by_reason], "_keyed")
+    failing = pl.any_horizontal(pl.exclude("_keyed"))
+    return verdicts.with_columns(failing.alias("_failing"), (failing & pl.col("_keyed")).alias("_keyed"))
+
+
+def _reasons(verdicts: pl.DataFrame) -> pl.Series:
+    """The list of reason codes of each (failing) row: rows share few distinct combinations, so each combination's
+    list is built once and joined by its bit pattern."""
+    codes = [c for c in verdicts.columns if not c.startswith("_")]
+    bits = verdicts.select(pl.sum_horizontal([pl.col(c).cast(pl.Int64) * (1 << i) for i, c in enumerate(codes)]))
+    patterns = bits.to_series().alias("_bits")
+    distinct = patterns.unique().to_list()
+    lists = pl.DataFrame(
+        {"_bits": distinct, "reasons": [[c for i, c in enumerate(codes) if bit >> i & 1] for bit in distinct]},
+        schema={"_bits": pl.Int64, "reasons": pl.List(pl.String)},
+    )
+    return patterns.to_frame().join(lists, on="_bits", how="left", maintain_order="left")["reasons"]
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """The integer columns of `narrow` as numpy arrays (a null, only ever on a row failing a rule, as 0)."""
+
+    row: np.ndarray
+    group: np.ndarray
+    day: np.ndarray
+    seq: np.ndarray
+    price: np.ndarray
+
+    @classmethod
+    def of(cls, narrow: pl.DataFrame) -> _Columns:
+        def ints(name: str) -> np.ndarray:
+            return narrow[name].cast(pl.Int64).fill_null(0).to_numpy()
+
+        return cls(
+            narrow["_row"].to_numpy(),
+            narrow["_g"].to_numpy(),
+            narrow["trading_date"].cast(pl.Int32).cast(pl.Int64).fill_null(0).to_numpy(),
+            ints("sequence"),
+            ints("price"),
+        )
+
+    def keys(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.group[at], self.day[at], self.seq[at]
+
+
+def _key_arrays(keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(group id, day number, sequence) of key rows (no nulls)."""
+    return (
+        keys["_g"].cast(pl.Int64).to_numpy(),
+        keys["trading_date"].cast(pl.Int32).cast(pl.Int64).to_numpy(),
+        keys["sequence"].cast(pl.Int64).to_numpy(),
+    )
+
+
+def _group_names(raw: pl.DataFrame, narrow: pl.DataFrame, rows: Grouped) -> pl.DataFrame:
+    """(_g, exchange, symbol) of every group id in the batch: strings gathered for one row per group."""
+    heads = rows.order[rows.starts()]
+    names = raw.select("exchange", "symbol")[narrow["_row"].to_numpy()[heads]]
+    named = names.with_columns(pl.Series("_g", rows.codes[rows.starts()]))
+    return named.filter(pl.col("exchange").is_not_null() & pl.col("symbol").is_not_null())
 
 
 def validate(
@@ -221,54 +244,47 @@ def validate(
     is a duplicate of an earlier batch. `last_prices` (exchange, symbol, last_price) is the last valid price of each
     symbol at the end of the previous batch, the reference of the first anomaly check. Duplicates inside the batch
     keep the lowest Kafka offset. Rows are processed in arrival order (topic, partition, offset).
+
+    Dedup and anomalies run on the rows grouped per symbol in arrival order (one stable sort of the group codes),
+    where "earlier tick of this symbol" is a neighbour: linear passes instead of hashes and windows.
     """
     rules = rules or Rules(derivative_symbols=derivative_symbols)
-    derivatives = list(rules.derivative_symbols | derivative_symbols)
-    narrow = _narrow(raw, derivatives)
-    groups = _groups(raw, narrow)
-
-    decoded, missing = pl.col("_decoded"), pl.col("_missing")
-    rules_by_reason = [
-        (UNDECODABLE, ~decoded),
-        (MISSING_FIELD, decoded & missing),
-        (NON_POSITIVE_PRICE, decoded & (pl.col("price") <= 0) & ~pl.col("_derivative")),
-        (NEGATIVE_VOLUME, decoded & (pl.col("volume") < 0)),
-    ]
-    if now_us is not None:
-        rules_by_reason.append(
-            (FUTURE_TIMESTAMP, decoded & (pl.col("exchange_ts") > now_us + rules.future_tolerance_us))
-        )
-    if now_us is not None and rules.check_session:
-        rules_by_reason.append((OUTSIDE_SESSION, decoded & ~missing & pl.lit(outside_session_mask(narrow))))
-    # One boolean column per rule; the list of reason codes is built for the (few) failing rows only.
-    verdicts = narrow.select([cond.fill_null(False).alias(code) for code, cond in rules_by_reason])
-    failing = verdicts.select(pl.any_horizontal(pl.all())).to_series()
-    reasons = verdicts.filter(failing).select(
-        pl.concat_list([_reason(pl.col(code), code) for code, _ in rules_by_reason]).list.drop_nulls().alias("reasons")
+    narrow = _narrow(raw, list(rules.derivative_symbols | derivative_symbols))
+    failing = _rule_verdicts(narrow, rules, now_us)
+    failed = narrow.filter(failing["_failing"]).select(
+        "_row", "arrival", _reasons(failing.filter("_failing")), pl.lit(None, pl.String).alias("_detail")
     )
-    failed = narrow.filter(failing).with_columns(reasons["reasons"], pl.lit(None, pl.String).alias("_detail"))
-    passed = narrow.filter(~failing)
 
-    first_of_key = _first_of_key(passed)
-    in_batch_dups = passed.filter(~first_of_key).with_columns(pl.lit("batch").alias("duplicate_of"))
-    unique = passed.filter(first_of_key)
-    table_dups = in_batch_dups.clear()
+    # Rows grouped per symbol in arrival order; the rows passing the rules have every key column set.
+    cols = _Columns.of(narrow)
+    rows = Grouped.of(cols.group)
+    groups = _group_names(raw, narrow, rows)
+    passing_at = np.flatnonzero(~failing["_failing"].to_numpy()[rows.order])  # positions in `rows`
+    passing = rows.subset(passing_at)
+    group, day, seq = cols.keys(passing.order)
+    first = first_occurrences(group, day, seq)
+    table_dup = np.zeros(len(first), dtype=bool)
     if seen_keys is not None and not seen_keys.is_empty():
-        seen = seen_keys.join(groups, on=["exchange", "symbol"], how="inner").select(_GROUP_KEY)
-        mask = _key_in(unique, seen)
-        table_dups = unique.filter(mask).with_columns(pl.lit("ticks").alias("duplicate_of"))
-        unique = unique.filter(~mask)
-    duplicate_rows = pl.concat([in_batch_dups, table_dups]).select("_row", "duplicate_of")
+        seen = seen_keys.join(groups, on=["exchange", "symbol"], how="inner")
+        at = np.flatnonzero(first)
+        table_dup[at] = published_before(group[at], day[at], seq[at], _key_arrays(seen))
+    kept_at = passing_at[first & ~table_dup]
+    kept = rows.subset(kept_at)
 
-    carried = None
+    carried = np.full(len(groups) + 1, NO_REF, dtype=np.int64)  # by group id (ids are dense)
     if last_prices is not None and not last_prices.is_empty():
-        carried = last_prices.join(groups, on=["exchange", "symbol"], how="inner").select("_g", "last_price")
-    flags = flag_anomalies(unique.select("_g", "price"), carried, rules.anomaly_bps)
+        found = groups.join(last_prices, on=["exchange", "symbol"], how="inner")
+        carried[found["_g"].to_numpy()] = found["last_price"].cast(pl.Int64).to_numpy()
+    starts = kept.starts()
+    price = cols.price[kept.order]
+    anomaly, reference = flag_grouped(price, starts, carried[kept.codes[starts]], rules.anomaly_bps)
     # Derivatives are exempt: their prices may sit at or cross zero, where a relative jump means nothing.
-    unique = unique.with_columns(
-        (flags["anomaly"] & ~unique["_derivative"]).alias("_anomaly"), flags["reference"].alias("_reference")
-    )
-    anomalies = unique.filter(pl.col("_anomaly")).with_columns(
+    anomaly &= ~narrow["_derivative"].to_numpy()[kept.order]
+
+    flagged_at = kept.order[anomaly]
+    anomalies = pl.DataFrame({"arrival": flagged_at, "price": price[anomaly], "_reference": reference[anomaly]}).select(
+        pl.Series("_row", cols.row[flagged_at]),
+        pl.col("arrival").cast(pl.UInt32),
         pl.lit([ANOMALY]).alias("reasons"),
         pl.format(
             "price {} vs last valid {} ({}%)",
@@ -277,49 +293,74 @@ def validate(
             ((pl.col("price") - pl.col("_reference")) * 1000 // pl.col("_reference") / 10).round(1),
         ).alias("_detail"),
     )
-    published = unique.filter(~pl.col("_anomaly"))
+    published = np.zeros(narrow.height, dtype=bool)
+    published[kept.order[~anomaly]] = True
+    flagged = pl.concat([failed, anomalies]).sort("arrival")
+    in_batch = np.sort(passing.order[~first])
+    of_table = np.sort(passing.order[table_dup])
+    duplicates = pl.DataFrame(
+        {
+            "_row": cols.row[np.concatenate([in_batch, of_table])],
+            "duplicate_of": ["batch"] * len(in_batch) + ["ticks"] * len(of_table),
+        },
+        schema={"_row": pl.Int64, "duplicate_of": pl.String},
+    )
+    return ValidationResult(
+        ticks=raw.select(TICK_COLUMNS + SOURCE_COLUMNS)[cols.row[published]],
+        quarantine=_quarantine(raw, flagged),
+        duplicates=pl.concat(
+            [raw.select(SOURCE_COLUMNS)[duplicates["_row"]], duplicates.select("duplicate_of")], how="horizontal"
+        ),
+        received=_received(narrow, cols, rows, failing["_keyed"].to_numpy(), kept_at, anomaly, groups),
+    )
 
-    ticks = raw.select(TICK_COLUMNS + SOURCE_COLUMNS)[published["_row"]]
-    flagged = pl.concat(
-        [
-            failed.select("_row", "arrival", "reasons", "_detail"),
-            anomalies.select("_row", "arrival", "reasons", "_detail"),
-        ]
-    ).sort("arrival")
-    wide = [
-        *SOURCE_COLUMNS,
-        *TICK_COLUMNS,
-        "decode_error",
-        "raw_value",
-        *(["kafka_key"] if "kafka_key" in raw.columns else []),
-    ]
+
+def _quarantine(raw: pl.DataFrame, flagged: pl.DataFrame) -> pl.DataFrame:
+    """Quarantine rows: the raw row of each flagged `_row` with its reasons and detail."""
+    extra = ["kafka_key"] if "kafka_key" in raw.columns else []
+    wide = [*SOURCE_COLUMNS, *TICK_COLUMNS, "decode_error", "raw_value", *extra]
     quarantine = pl.concat([raw.select(wide)[flagged["_row"]], flagged.select("reasons", "_detail")], how="horizontal")
-    quarantine = quarantine.with_columns(pl.coalesce("_detail", "decode_error").alias("detail")).select(
-        *SOURCE_COLUMNS,
-        *TICK_COLUMNS,
-        "reasons",
-        "detail",
-        "raw_value",
-        *wide[len(SOURCE_COLUMNS) + len(TICK_COLUMNS) + 2 :],
+    return quarantine.with_columns(pl.coalesce("_detail", "decode_error").alias("detail")).select(
+        *SOURCE_COLUMNS, *TICK_COLUMNS, "reasons", "detail", "raw_value", *extra
     )
-    duplicates = pl.concat(
-        [raw.select(SOURCE_COLUMNS)[duplicate_rows["_row"]], duplicate_rows.select("duplicate_of")], how="horizontal"
+
+
+def _received(
+    narrow: pl.DataFrame,
+    cols: _Columns,
+    rows: Grouped,
+    keyed_failing: np.ndarray,
+    kept_at: np.ndarray,
+    anomaly: np.ndarray,
+    groups: pl.DataFrame,
+) -> pl.DataFrame:
+    """What the sequence tracker sees: every decoded row with a key that is not a duplicate, valid or not, grouped
+    per symbol in arrival order (`kept_at`: positions in `rows` of the rows kept, `anomaly` their flags). Names
+    come from the small group table as categoricals: no string gathered per row."""
+    tracked = keyed_failing[rows.order]
+    tracked[kept_at] = True
+    valid = np.zeros(len(tracked), dtype=bool)
+    valid[kept_at[~anomaly]] = True
+    at = rows.order[tracked]
+    group = cols.group[at]
+    names = groups.select(pl.col("exchange", "symbol").cast(pl.Categorical))  # row i is group id i
+    frame = pl.DataFrame(
+        {
+            "exchange": names["exchange"].gather(group),
+            "symbol": names["symbol"].gather(group),
+            "sequence": cols.seq[at],
+            # A failing row may lack a time or price: those columns keep their nulls.
+            "exchange_ts": _take(narrow["exchange_ts"], at),
+            "trading_date": pl.Series(cols.day[at]).cast(pl.Int32).cast(pl.Date),
+            "price": _take(narrow["price"], at),
+            "valid": valid[tracked],
+            "arrival": pl.Series(at).cast(pl.UInt32),
+            "_g": group,
+        }
     )
-    # What the sequence tracker sees: every decoded row with a key that is not a duplicate, valid or not. Names come
-    # from the small group table as categoricals, so no string column is gathered per row.
-    names = groups.with_columns(pl.col("exchange").cast(pl.Categorical), pl.col("symbol").cast(pl.Categorical))
-    tracked = ["_g", "sequence", "exchange_ts", "trading_date", "price", "arrival"]
-    received = (
-        pl.concat(
-            [
-                unique.select(*tracked, (~pl.col("_anomaly")).alias("valid")),
-                failed.filter(
-                    pl.col("_g").is_not_null() & pl.col("trading_date").is_not_null() & pl.col("sequence").is_not_null()
-                ).select(*tracked, pl.lit(False).alias("valid")),
-            ]
-        )
-        .sort("arrival")
-        .join(names, on="_g", how="left", maintain_order="left")
-        .select(*RECEIVED_COLUMNS, "_g")
-    )
-    return ValidationResult(ticks=ticks, quarantine=quarantine, duplicates=duplicates, received=received)
+    return frame
+
+
+def _take(column: pl.Series, at: np.ndarray) -> pl.Series:
+    """column[at]; through numpy (a plain array gather) unless the column has nulls to keep."""
+    return column.gather(at) if column.has_nulls() else pl.Series(column.name, column.to_numpy()[at])
