@@ -36,11 +36,8 @@ def flag_anomalies(
     if ticks.is_empty():
         return pl.DataFrame(schema={"anomaly": pl.Boolean, "reference": pl.Int64})
     on = ["_g"] if "_g" in ticks.columns else ["exchange", "symbol"]
-    if on == ["_g"]:
-        ids = ticks["_g"].cast(pl.Int64)
-    else:
-        ids = ticks.select(pl.concat_str(on, separator="\x1f", ignore_nulls=True).cast(pl.Categorical).to_physical())
-        ids = ids.to_series()
+    key = pl.col("_g") if on == ["_g"] else pl.concat_str(on, separator="\x1f", ignore_nulls=True)
+    ids = ticks.select(key.cast(pl.Categorical).to_physical() if on != ["_g"] else key.cast(pl.Int64)).to_series()
     codes, _ = dense_codes(ids)
     rows = Grouped.of(codes)
     starts = rows.starts()

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
-from k2_assets.ticks.ordering import stable_group_order
+from k2_assets.ticks.ordering import Grouped, dense_codes
 
 GAP = "gap"
 RESET = "reset"
@@ -101,6 +102,54 @@ def _group_start(*columns: str) -> pl.Expr:
     return pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in columns]).fill_null(True)
 
 
+def _grouped(received: pl.DataFrame) -> tuple[Grouped, np.ndarray]:
+    """The rows grouped per (exchange, symbol) in arrival order, and the group id of every input row. validate()
+    delivers them so (then this is a check); other callers' rows are sorted here."""
+    if "_g" in received.columns:
+        codes = received["_g"].cast(pl.Int64).to_numpy()
+    else:
+        key = pl.concat_str([pl.col(c).cast(pl.String) for c in GROUP], separator="\x1f")
+        codes = dense_codes(received.select(key.cast(pl.Categorical).to_physical()).to_series())[0]
+    arrival = received["arrival"].cast(pl.Int64).to_numpy()
+    rows = Grouped.already(codes)
+    if rows is not None and bool((np.diff(arrival)[rows.codes[1:] == rows.codes[:-1]] > 0).all()):
+        return rows, codes
+    by_arrival = np.argsort(arrival, kind="stable")
+    regroup = Grouped.of(codes[by_arrival])
+    return Grouped(by_arrival[regroup.order], regroup.codes), codes
+
+
+@dataclass(frozen=True)
+class _Before:
+    """The carried state of each group of the batch, as arrays indexed by group number (0.. in grouped order)."""
+
+    names: pl.DataFrame  # _g (group number), exchange, symbol
+    known: np.ndarray  # the symbol has a state
+    epoch: np.ndarray
+    top: np.ndarray  # highest sequence of that epoch
+    top_known: np.ndarray
+    prev: np.ndarray  # sequence and exchange time of the last arrival
+    prev_known: np.ndarray
+    prev_ts: np.ndarray
+    prev_ts_known: np.ndarray
+
+    @classmethod
+    def of(cls, received: pl.DataFrame, heads: np.ndarray, state: pl.DataFrame) -> _Before:
+        names = received.select(GROUP)[heads].cast(dict.fromkeys(GROUP, pl.String))
+        names = names.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_g"))
+        joined = names.join(state.drop("trading_date"), on=GROUP, how="left", maintain_order="left")
+
+        def values(column: str) -> tuple[np.ndarray, np.ndarray]:
+            series = joined[column]
+            return series.fill_null(0).to_numpy(), series.is_not_null().to_numpy()
+
+        epoch, known = values("epoch")
+        top, top_known = values("last_sequence")
+        prev, prev_known = values("last_arrival_sequence")
+        prev_ts, prev_ts_known = values("last_arrival_ts")
+        return cls(names, known, epoch, top, top_known, prev, prev_known, prev_ts, prev_ts_known)
+
+
 def track_sequences(
     received: pl.DataFrame,
     state: pl.DataFrame | None = None,
@@ -114,90 +163,107 @@ def track_sequences(
     """Gaps, fills, resets and the new state for one batch of `received` ticks (exchange, symbol, sequence,
     exchange_ts, trading_date, price, valid, arrival), given the state and open gaps before it.
 
-    With a `_g` column (an integer code per exchange+symbol, as validate() provides) all per-row work is on that
-    code; the symbol names are joined only to the few output rows."""
+    Every per-row step is a shift or a running sum over the rows grouped per symbol in arrival order; only the
+    outputs (gaps, resets, fills, one state row per symbol) are built as frames."""
     state = empty_state() if state is None else state.select(list(STATE_SCHEMA)).cast(pl.Schema(STATE_SCHEMA))
     open_gaps = empty_gaps() if open_gaps is None else open_gaps.select(list(GAP_SCHEMA)).cast(pl.Schema(GAP_SCHEMA))
     if received.is_empty():
         return SequenceResult(empty_gaps(), empty_gaps(), state, 0)
-    if "_g" not in received.columns:
-        code = pl.concat_str([pl.col(c).cast(pl.String) for c in GROUP], separator="\x1f")
-        received = received.with_columns(code.cast(pl.Categorical).to_physical().alias("_g"))
-    names = received.select("_g", *GROUP).group_by("_g").first()
-    names = names.with_columns([pl.col(c).cast(pl.String) for c in GROUP])
-    before = state.select(
-        *GROUP,
-        pl.col("epoch").alias("_s_epoch"),
-        pl.col("last_sequence").alias("_s_max"),
-        pl.col("last_arrival_sequence").alias("_s_prev"),
-        pl.col("last_arrival_ts").alias("_s_prev_ts"),
-        pl.col("last_price").alias("_s_price"),
-        pl.col("last_price_ts").alias("_s_price_ts"),
-    )
-    before = names.join(before, on=GROUP, how="left").drop(GROUP)
-    in_arrival_order = received.select(
-        "_g", "sequence", "exchange_ts", "trading_date", "price", "valid", "arrival"
-    ).sort("arrival")
-    by_symbol = in_arrival_order[stable_group_order(in_arrival_order["_g"])]  # arrival order inside each symbol
-    rows = by_symbol.join(before, on="_g", how="left", maintain_order="left").with_columns(
-        _group_start("_g").alias("_start")
-    )
-    prev_seq = pl.when(pl.col("_start")).then(pl.col("_s_prev")).otherwise(pl.col("sequence").shift(1))
-    prev_ts = pl.when(pl.col("_start")).then(pl.col("_s_prev_ts")).otherwise(pl.col("exchange_ts").shift(1))
-    rows = rows.with_columns(prev_seq.alias("_prev"), prev_ts.alias("_prev_ts")).with_columns(
-        (
-            pl.col("_prev").is_not_null()
-            & (pl.col("sequence").cast(pl.Float64) < pl.col("_prev").cast(pl.Float64) * (1.0 - reset_drop))
-            & (pl.col("exchange_ts") >= pl.col("_prev_ts"))
-        ).alias("_reset")
-    )
-    # Resets so far within the symbol: a running count over the whole (symbol-sorted) column minus its value where
-    # the symbol starts; no per-group window needed.
-    running = pl.col("_reset").cast(pl.Int64).cum_sum()
-    at_start = pl.when(pl.col("_start")).then(running - pl.col("_reset").cast(pl.Int64)).forward_fill()
-    rows = rows.with_columns((pl.col("_s_epoch").fill_null(0) + running - at_start).alias("epoch")).with_columns(
-        pl.when(pl.col("epoch") == pl.col("_s_epoch")).then(pl.col("_s_max")).otherwise(None).alias("_base")
-    )
+    grouped, _ = _grouped(received)
+    starts = grouped.starts()
+    group = np.cumsum(starts) - 1  # group number of each grouped row
+    before = _Before.of(received, grouped.order[starts], state)
+    at = grouped.order
+    seq = received["sequence"].cast(pl.Int64).to_numpy()[at]
+    ts_column = received["exchange_ts"].cast(pl.Int64)
+    ts, ts_known = ts_column.fill_null(0).to_numpy()[at], ts_column.is_not_null().to_numpy()[at]
+
+    # Reset: a drop of more than reset_drop below the previous arrival while the exchange time does not go back.
+    prev, prev_known = np.empty_like(seq), np.ones(len(seq), dtype=bool)
+    prev[1:], prev[starts] = seq[:-1], before.prev[group[starts]]
+    prev_known[starts] = before.prev_known[group[starts]]
+    prev_ts, prev_ts_known = np.empty_like(ts), np.empty_like(ts_known)
+    prev_ts[1:], prev_ts_known[1:] = ts[:-1], ts_known[:-1]
+    prev_ts[starts], prev_ts_known[starts] = before.prev_ts[group[starts]], before.prev_ts_known[group[starts]]
+    reset = prev_known & (seq.astype(np.float64) < prev.astype(np.float64) * (1.0 - reset_drop))
+    reset &= ts_known & prev_ts_known & (ts >= prev_ts)
+    running = np.cumsum(reset)
+    epoch = before.epoch[group] + running - (running - reset)[starts][group]
+    # The highest sequence carried from the state applies while the batch is still in the state's epoch.
+    has_base = before.known[group] & before.top_known[group] & (epoch == before.epoch[group])
+    base = before.top[group]
+
+    rows = _Rows(received, at, group, seq, epoch, has_base, base)
     stamp = [pl.lit(now_us, pl.Int64).alias("detected_at"), pl.lit(batch_id).alias("batch_id")]
     stamp.append(pl.lit(raw_snapshot_id, pl.Int64).alias("raw_snapshot_id"))
-
-    resets = (
-        _left_max(rows)
-        .join(names, on="_g", how="left")
-        .select(
-            _gap_id(pl.lit(RESET)).alias("gap_id"),
-            pl.lit(RESET).alias("kind"),
-            *GROUP,
-            "epoch",
-            "trading_date",
-            (pl.col("_left_max") + 1).alias("expected"),
-            pl.col("sequence").alias("received"),
-            pl.lit(None, pl.Int64).alias("first_missing"),
-            pl.lit(None, pl.Int64).alias("last_missing"),
-            pl.lit(0, pl.Int64).alias("missing_count"),
-            pl.lit(0, pl.Int64).alias("filled_count"),
-            *stamp,
-            pl.lit(None, pl.Int64).alias("filled_at"),
+    opened = (
+        pl.concat(
+            [
+                part.select(list(GAP_SCHEMA))
+                for part in (rows.gaps(before.names, stamp), _resets(rows, reset, before, stamp))
+            ]
         )
+        .cast(pl.Schema(GAP_SCHEMA))
+        .sort(*GROUP, "epoch", "received")
     )
+    below = rows.distinct_below()
+    candidates = open_gaps.join(before.names, on=GROUP, how="inner")
+    filled, matched = _fills(below, candidates, now_us)
+    new_state = _next_state(rows, reset, starts, before, state, now_us, batch_id)
+    return SequenceResult(opened, filled, new_state, below.height - matched)
 
-    # Distinct sequences per (symbol, epoch), sorted: a stable sort keeps the first arrival first among equals.
-    distinct = (
-        rows.select("_g", "epoch", "sequence", "trading_date", "_base")
-        .sort("_g", "epoch", "sequence", maintain_order=True)
-        .filter(_group_start("_g", "epoch", "sequence"))
-    )
-    above = distinct.filter(pl.col("_base").is_null() | (pl.col("sequence") > pl.col("_base")))
-    above = above.with_columns(
-        pl.when(_group_start("_g", "epoch"))
-        .then(pl.col("_base"))
-        .otherwise(pl.col("sequence").shift(1))
-        .alias("_prev_seq")
-    )
-    gaps = (
-        above.filter(pl.col("sequence") - pl.col("_prev_seq") > 1)
-        .join(names, on="_g", how="left")
-        .select(
+
+class _Rows:
+    """The batch grouped per symbol in arrival order (numpy arrays), each row with its epoch and the highest
+    sequence carried from the state for that epoch, and the distinct (symbol, epoch, sequence) in ascending order."""
+
+    def __init__(
+        self,
+        received: pl.DataFrame,
+        at: np.ndarray,
+        group: np.ndarray,
+        seq: np.ndarray,
+        epoch: np.ndarray,
+        has_base: np.ndarray,
+        base: np.ndarray,
+    ) -> None:
+        self.received, self.at, self.group, self.seq, self.epoch = received, at, group, seq, epoch
+        self.has_base, self.base = has_base, base
+        self.day = received["trading_date"].cast(pl.Int32).to_numpy()[at]
+        n = len(seq)
+        # Feeds deliver sequences ascending, so the grouped rows usually are sorted already: checked, not sorted.
+        same_segment = (group[1:] == group[:-1]) & (epoch[1:] == epoch[:-1])
+        order = np.arange(n)
+        if not bool((seq[1:] >= seq[:-1])[same_segment].all()):
+            keys = pl.DataFrame({"g": group, "e": epoch, "s": seq})
+            order = keys.select(pl.arg_sort_by("g", "e", "s", maintain_order=True)).to_series().to_numpy()
+        g, e, s = group[order], epoch[order], seq[order]
+        distinct = np.ones(n, dtype=bool)
+        distinct[1:] = (g[1:] != g[:-1]) | (e[1:] != e[:-1]) | (s[1:] != s[:-1])
+        self.distinct = order[distinct]  # the first arrival of each key, keys ascending
+
+    def gaps(self, names: pl.DataFrame, stamp: list[pl.Expr]) -> pl.DataFrame:
+        """Within an epoch, every hole between consecutive distinct sequences above the carried highest one."""
+        d = self.distinct
+        above = d[~self.has_base[d] | (self.seq[d] > self.base[d])]
+        g, e, s = self.group[above], self.epoch[above], self.seq[above]
+        segment_first = np.ones(len(above), dtype=bool)
+        segment_first[1:] = (g[1:] != g[:-1]) | (e[1:] != e[:-1])
+        prev, prev_known = np.empty_like(s), np.ones(len(s), dtype=bool)
+        prev[1:] = s[:-1]
+        prev[segment_first] = self.base[above][segment_first]
+        prev_known[segment_first] = self.has_base[above][segment_first]
+        gap = prev_known & (s - prev > 1)
+        frame = pl.DataFrame(
+            {
+                "_g": g[gap],
+                "epoch": e[gap],
+                "trading_date": pl.Series(self.day[above][gap]).cast(pl.Date),
+                "_prev_seq": prev[gap],
+                "sequence": s[gap],
+            }
+        )
+        return frame.join(names, on="_g", how="left").select(
             _gap_id(pl.col("_prev_seq") + 1).alias("gap_id"),
             pl.lit(GAP).alias("kind"),
             *GROUP,
@@ -212,32 +278,53 @@ def track_sequences(
             *stamp,
             pl.lit(None, pl.Int64).alias("filled_at"),
         )
-    )
-    opened = (
-        pl.concat([gaps.select(list(GAP_SCHEMA)), resets.select(list(GAP_SCHEMA))])
-        .cast(pl.Schema(GAP_SCHEMA))
-        .sort(*GROUP, "epoch", "received")
-    )
 
-    below = distinct.filter(pl.col("_base").is_not_null() & (pl.col("sequence") < pl.col("_base")))
-    filled, matched = _fills(below, open_gaps.join(names, on=GROUP, how="inner"), now_us)
-    new_state = _next_state(rows, names, state, now_us, batch_id)
-    return SequenceResult(opened, filled, new_state, below.height - matched)
+    def distinct_below(self) -> pl.DataFrame:
+        """(_g, epoch, sequence) of distinct sequences below the carried highest one: candidates to fill a gap."""
+        d = self.distinct
+        below = d[self.has_base[d] & (self.seq[d] < self.base[d])]
+        return pl.DataFrame({"_g": self.group[below], "epoch": self.epoch[below], "sequence": self.seq[below]})
 
 
-def _left_max(rows: pl.DataFrame) -> pl.DataFrame:
+def _resets(rows: _Rows, reset: np.ndarray, before: _Before, stamp: list[pl.Expr]) -> pl.DataFrame:
     """The reset rows, each with the highest sequence of the epoch it leaves (from the batch, or from the state if
-    that epoch started before it): windows over the few symbols that reset, not the whole batch."""
-    resets = rows.filter(pl.col("_reset"))
-    if resets.is_empty():
-        return resets.with_columns(pl.lit(None, pl.Int64).alias("_left_max"))
-    touched = rows.filter(pl.col("_g").is_in(resets["_g"].unique().implode()))
-    return touched.with_columns(
+    that epoch started before it): windows over the rows of the few symbols that reset, not the whole batch."""
+    hit = np.zeros(len(before.names), dtype=bool)
+    hit[rows.group[reset]] = True
+    touched = hit[rows.group]
+    g = rows.group[touched]
+    frame = pl.DataFrame(
+        {
+            "_g": g,
+            "epoch": rows.epoch[touched],
+            "sequence": rows.seq[touched],
+            "trading_date": pl.Series(rows.day[touched]).cast(pl.Date),
+            "_reset": reset[touched],
+            "_s_epoch": pl.Series(before.epoch[g]).set(pl.Series(~before.known[g]), None),  # type: ignore[arg-type]
+            "_s_max": pl.Series(before.top[g]).set(pl.Series(~before.top_known[g]), None),  # type: ignore[arg-type]
+        }
+    )
+    left = frame.with_columns(
         pl.max_horizontal(
             pl.col("sequence").cum_max().over("_g", "epoch").shift(1).over("_g"),
             pl.when(pl.col("epoch") - 1 == pl.col("_s_epoch")).then(pl.col("_s_max")),
         ).alias("_left_max")
     ).filter(pl.col("_reset"))
+    return left.join(before.names, on="_g", how="left").select(
+        _gap_id(pl.lit(RESET)).alias("gap_id"),
+        pl.lit(RESET).alias("kind"),
+        *GROUP,
+        "epoch",
+        "trading_date",
+        (pl.col("_left_max") + 1).alias("expected"),
+        pl.col("sequence").alias("received"),
+        pl.lit(None, pl.Int64).alias("first_missing"),
+        pl.lit(None, pl.Int64).alias("last_missing"),
+        pl.lit(0, pl.Int64).alias("missing_count"),
+        pl.lit(0, pl.Int64).alias("filled_count"),
+        *stamp,
+        pl.lit(None, pl.Int64).alias("filled_at"),
+    )
 
 
 def _fills(candidates: pl.DataFrame, open_gaps: pl.DataFrame, now_us: int) -> tuple[pl.DataFrame, int]:
@@ -279,24 +366,49 @@ def _fills(candidates: pl.DataFrame, open_gaps: pl.DataFrame, now_us: int) -> tu
 
 
 def _next_state(
-    rows: pl.DataFrame, names: pl.DataFrame, state: pl.DataFrame, now_us: int, batch_id: str
+    rows: _Rows,
+    reset: np.ndarray,
+    starts: np.ndarray,
+    before: _Before,
+    state: pl.DataFrame,
+    now_us: int,
+    batch_id: str,
 ) -> pl.DataFrame:
-    last_epoch = pl.col("epoch").last()
-    per_symbol = rows.group_by("_g", maintain_order=True).agg(
-        last_epoch.alias("epoch"),
-        pl.col("trading_date").last(),
-        pl.col("sequence").filter(pl.col("epoch") == last_epoch).max().alias("_batch_max"),
-        pl.col("sequence").last().alias("last_arrival_sequence"),
-        pl.col("exchange_ts").last().alias("last_arrival_ts"),
-        pl.col("price").filter(pl.col("valid")).last().alias("_price"),
-        pl.col("exchange_ts").filter(pl.col("valid")).last().alias("_price_ts"),
-        pl.col("_s_epoch").first(),
-        pl.col("_s_max").first(),
-        pl.col("_s_price").first(),
-        pl.col("_s_price_ts").first(),
+    """The state after the batch: per symbol its last epoch, that epoch's highest sequence, the last arrival and
+    the last valid price (each group's last row, or last valid row, of the grouped batch)."""
+    n = len(rows.seq)
+    heads = np.flatnonzero(starts)
+    ends = np.append(heads[1:] - 1, n - 1)
+    # Epochs only grow inside a symbol: the last epoch's rows are the group's last segment.
+    segments = np.flatnonzero(starts | reset)
+    highest = np.maximum.reduceat(rows.seq, segments)[np.searchsorted(segments, ends, side="right") - 1]
+    valid = rows.received["valid"].fill_null(False).to_numpy()[rows.at]
+    last_valid = np.maximum.accumulate(np.where(valid, np.arange(n), -1))[ends]
+    has_valid = pl.Series(last_valid >= heads)
+    ts, price = rows.received["exchange_ts"].cast(pl.Int64), rows.received["price"].cast(pl.Int64)
+    at_valid = rows.at[np.maximum(last_valid, 0)]
+    per_symbol = pl.DataFrame(
+        {
+            "_g": np.arange(len(heads)),
+            "epoch": rows.epoch[ends],
+            "trading_date": pl.Series(rows.day[ends]).cast(pl.Date),
+            "_batch_max": highest,
+            "last_arrival_sequence": rows.seq[ends],
+            "last_arrival_ts": ts.gather(rows.at[ends]),
+            "_price": pl.select(pl.when(has_valid).then(price.gather(at_valid))).to_series(),
+            "_price_ts": pl.select(pl.when(has_valid).then(ts.gather(at_valid))).to_series(),
+        }
+    )
+    carried = state.select(
+        *GROUP,
+        pl.col("epoch").alias("_s_epoch"),
+        pl.col("last_sequence").alias("_s_max"),
+        pl.col("last_price").alias("_s_price"),
+        pl.col("last_price_ts").alias("_s_price_ts"),
     )
     updated = (
-        per_symbol.join(names, on="_g", how="left")
+        per_symbol.join(before.names, on="_g", how="left")
+        .join(carried, on=GROUP, how="left")
         .select(
             *GROUP,
             "epoch",
@@ -307,10 +419,7 @@ def _next_state(
             .alias("last_sequence"),
             "last_arrival_sequence",
             "last_arrival_ts",
-            pl.when(pl.col("_price").is_not_null())
-            .then(pl.col("_price"))
-            .otherwise(pl.col("_s_price"))
-            .alias("last_price"),
+            pl.coalesce("_price", "_s_price").alias("last_price"),
             pl.when(pl.col("_price").is_not_null())
             .then(pl.col("_price_ts"))
             .otherwise(pl.col("_s_price_ts"))
