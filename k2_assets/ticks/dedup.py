@@ -52,38 +52,52 @@ class KeyPacker:
         )
 
 
-def first_occurrences(group: np.ndarray, day: np.ndarray, seq: np.ndarray) -> np.ndarray:
-    """True for the first arrival of each key; rows grouped (codes non-decreasing), arrival order inside a group."""
-    packer = KeyPacker.of(group, day, seq)
-    if packer is None:
-        frame = pl.DataFrame({"g": group, "d": day, "s": seq})
-        return frame.select(pl.struct("g", "d", "s").is_first_distinct()).to_series().to_numpy()
-    keys = packer.pack(group, day, seq)
-    first = np.ones(len(keys), dtype=bool)
-    running = np.maximum.accumulate(keys)
-    first[1:] = keys[1:] > running[:-1]  # above every earlier key of the group (earlier groups' keys are smaller)
-    if first.all():
+@dataclass(frozen=True)
+class Keys:
+    """The keys of rows grouped per symbol (codes non-decreasing), arrival order inside a group: packed into one
+    int64 each when they fit, else kept as three columns (a slower, hashed path)."""
+
+    group: np.ndarray
+    day: np.ndarray
+    seq: np.ndarray
+    packer: KeyPacker | None
+    packed: np.ndarray
+
+    @classmethod
+    def of(cls, group: np.ndarray, day: np.ndarray, seq: np.ndarray) -> Keys:
+        packer = KeyPacker.of(group, day, seq)
+        packed = packer.pack(group, day, seq) if packer is not None else np.zeros(0, dtype=np.int64)
+        return cls(group, day, seq, packer, packed)
+
+    def frame(self, at: np.ndarray | slice = slice(None)) -> pl.DataFrame:
+        return pl.DataFrame({"g": self.group[at], "d": self.day[at], "s": self.seq[at]})
+
+    def first_occurrences(self) -> np.ndarray:
+        """True for the first arrival of each key."""
+        if self.packer is None:
+            return self.frame().select(pl.struct("g", "d", "s").is_first_distinct()).to_series().to_numpy()
+        keys = self.packed
+        first = np.ones(len(keys), dtype=bool)
+        running = np.maximum.accumulate(keys)
+        first[1:] = keys[1:] > running[:-1]  # above every earlier key of the group (earlier groups' keys are smaller)
+        if first.all():
+            return first
+        suspects = pl.Series(keys).is_in(pl.Series(np.unique(keys[~first])).implode()).to_numpy()
+        at = np.flatnonzero(suspects)
+        first[at] = pl.Series(keys[at]).is_first_distinct().to_numpy()
         return first
-    suspects = pl.Series(keys).is_in(pl.Series(np.unique(keys[~first])).implode()).to_numpy()
-    at = np.flatnonzero(suspects)
-    first[at] = pl.Series(keys[at]).is_first_distinct().to_numpy()
-    return first
 
-
-def published_before(
-    group: np.ndarray, day: np.ndarray, seq: np.ndarray, seen: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> np.ndarray:
-    """True for each row whose key is one of `seen` (group, day, sequence arrays of keys already published)."""
-    if not len(group) or not len(seen[0]):
-        return np.zeros(len(group), dtype=bool)
-    packer = KeyPacker.of(group, day, seq)
-    if packer is None:
-        rows = pl.DataFrame({"g": group, "d": day, "s": seq})
-        known = pl.DataFrame({"g": seen[0], "d": seen[1], "s": seen[2]}).unique()
-        hits = rows.with_row_index("_i").join(known, on=["g", "d", "s"], how="semi")["_i"].to_numpy()
-        out = np.zeros(len(group), dtype=bool)
-        out[hits] = True
-        return out
-    usable = packer.inside(*seen)
-    wanted = packer.pack(seen[0][usable], seen[1][usable], seen[2][usable])
-    return pl.Series(packer.pack(group, day, seq)).is_in(pl.Series(wanted).implode()).to_numpy()
+    def published_before(self, at: np.ndarray, seen: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """For the rows at positions `at`: True where the key is one of `seen` (group, day, sequence arrays of keys
+        already published)."""
+        if not len(at) or not len(seen[0]):
+            return np.zeros(len(at), dtype=bool)
+        if self.packer is None:
+            known = pl.DataFrame({"g": seen[0], "d": seen[1], "s": seen[2]}).unique()
+            hits = self.frame(at).with_row_index("_i").join(known, on=["g", "d", "s"], how="semi")["_i"].to_numpy()
+            out = np.zeros(len(at), dtype=bool)
+            out[hits] = True
+            return out
+        usable = self.packer.inside(*seen)
+        wanted = self.packer.pack(seen[0][usable], seen[1][usable], seen[2][usable])
+        return pl.Series(self.packed[at]).is_in(pl.Series(wanted).implode()).to_numpy()

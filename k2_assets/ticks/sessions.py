@@ -28,10 +28,10 @@ def _utc_offsets_us(hours: pl.Series, tz: str) -> pl.Series:
 def local_dates(ts_us: pl.Series, tz: str) -> pl.Series:
     """Local calendar date in `tz` of each UTC microsecond timestamp (nulls stay null)."""
     ts = ts_us.cast(pl.Int64)
-    valid = ts.drop_nulls()
-    if valid.is_empty():
+    lowest, highest = ts.min(), ts.max()  # nulls ignored
+    if lowest is None or highest is None:
         return pl.Series(ts_us.name, [None] * len(ts), pl.Date)
-    first, last = int(valid.min()) // HOUR_US, int(valid.max()) // HOUR_US  # type: ignore[arg-type]
+    first, last = int(lowest) // HOUR_US, int(highest) // HOUR_US  # type: ignore[arg-type]
     # Offsets change only at DST transitions, months apart: sampling every 24 h (and the last hour) over the batch
     # finds any change. Usually there is none and one constant offset serves every row.
     samples = pl.Series([*range(first, last, 24), last], dtype=pl.Int64)

@@ -13,7 +13,7 @@ import polars as pl
 
 from k2_assets.bars.session import OUTSIDE_SESSION
 from k2_assets.ticks.anomaly import NO_REF, flag_grouped
-from k2_assets.ticks.dedup import first_occurrences, published_before
+from k2_assets.ticks.dedup import Keys
 from k2_assets.ticks.ordering import Grouped, dense_codes
 from k2_assets.ticks.sessions import exchange_codes, outside_session_mask, trading_dates
 
@@ -262,13 +262,13 @@ def validate(
     groups = _group_names(raw, narrow, rows)
     passing_at = np.flatnonzero(~failing["_failing"].to_numpy()[rows.order])  # positions in `rows`
     passing = rows.subset(passing_at)
-    group, day, seq = cols.keys(passing.order)
-    first = first_occurrences(group, day, seq)
+    keys = Keys.of(*cols.keys(passing.order))
+    first = keys.first_occurrences()
     table_dup = np.zeros(len(first), dtype=bool)
     if seen_keys is not None and not seen_keys.is_empty():
         seen = seen_keys.join(groups, on=["exchange", "symbol"], how="inner")
         at = np.flatnonzero(first)
-        table_dup[at] = published_before(group[at], day[at], seq[at], _key_arrays(seen))
+        table_dup[at] = keys.published_before(at, _key_arrays(seen))
     kept_at = passing_at[first & ~table_dup]
     kept = rows.subset(kept_at)
 
