@@ -9,8 +9,10 @@ from k2_assets.ticks.ingest import ingest_raw
 from k2_assets.ticks.planning import plan_ranges, ranges_from_config, ranges_to_config
 from k2_assets.ticks.quality import QualityResource
 from k2_assets.ticks.validated import validated_ticks
+from k2_resources import kafka_parallel
 from k2_resources.iceberg import IcebergResource, read_watermarks
 from k2_resources.kafka import KafkaResource
+from k2_resources.kafka_parallel import PARALLEL_MIN_RECORDS
 from k2_resources.pipeline import PipelineResource
 from k2_resources.tables import RAW_TICKS
 
@@ -45,10 +47,11 @@ def raw_ticks(
     pipeline: PipelineResource,
     quality: QualityResource,
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    ranges = ranges_from_config([r.model_dump() for r in config.ranges]) if config.ranges else []
+    if sum(r.size for r in ranges) >= PARALLEL_MIN_RECORDS:
+        kafka_parallel.prestart()  # the read workers import (~0.5 s) while the catalog is opened below
     table = iceberg.ensure_table(RAW_TICKS)
-    if config.ranges:
-        ranges = ranges_from_config([r.model_dump() for r in config.ranges])
-    else:
+    if not config.ranges:
         committed = read_watermarks(table).get(pipeline.tick_topic, {})
         ranges = plan_ranges(
             pipeline.tick_topic, kafka.offsets(pipeline.tick_topic), committed, pipeline.max_batch_per_partition
@@ -56,9 +59,12 @@ def raw_ticks(
     warm_gate = None
     if validated_ticks.key in context.job_def.asset_layer.selected_asset_keys and quality.gate_enabled:
         # validated_ticks runs next in this process (ingest_job executes in process). Its GE gate costs seconds to
-        # import and set up: started once the batch is read and decoded (Python-heavy), it overlaps the Iceberg
-        # write here and validated_ticks' reads, which leave the interpreter free.
+        # import and set up. A large batch is read and decoded by worker processes while this one waits: start it
+        # now. A small one is read here (Python-heavy): start it once the batch is decoded, to overlap the Iceberg
+        # write and validated_ticks' reads, which leave the interpreter free.
         warm_gate = functools.partial(prewarm_gate, quality.config().gate)
+        if sum(r.size for r in ranges) >= PARALLEL_MIN_RECORDS:
+            warm_gate()
     result = ingest_raw(kafka, table, ranges, pipeline.schema_store(), batch_id=context.run_id, before_commit=warm_gate)
     out = result.outcome
     context.log.info(

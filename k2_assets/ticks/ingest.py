@@ -6,17 +6,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyiceberg.table import Table
 
+from k2_assets.ticks import handover
 from k2_resources import faults
 from k2_resources.arrow_util import conform
-from k2_resources.avro import decode_column
 from k2_resources.errors import OffsetRangeError
 from k2_resources.iceberg import CommitOutcome, OffsetRange, commit_offset_ranges, read_watermarks
-from k2_resources.kafka import TickLog
+from k2_resources.kafka import KafkaResource, TickLog
+from k2_resources.kafka_parallel import PARALLEL_MIN_RECORDS, decode_records, read_decoded
 from k2_resources.schemas import SchemaStore
 
 
@@ -30,20 +29,6 @@ class RawIngestResult:
     group_commit_error: str | None = None
 
 
-def decode_records(records: pa.Table, store: SchemaStore, landed_ts_us: int) -> pa.Table:
-    """Kafka records -> raw_ticks rows (integer space). Undecodable values keep their bytes and the reason."""
-    decoded, error_col = decode_column(records["value"], store)
-    raw_value = pc.if_else(pc.is_valid(error_col), records["value"], pa.nulls(records.num_rows, pa.binary()))
-    base = pl.from_arrow(records.drop_columns(["value"]))
-    assert isinstance(base, pl.DataFrame)
-    frame = base.hstack(decoded).with_columns(
-        pl.lit(landed_ts_us, pl.Int64).alias("landed_ts"),
-        pl.Series("decode_error", error_col),
-        pl.Series("raw_value", raw_value),
-    )
-    return frame.to_arrow()
-
-
 def check_coverage(records: pa.Table, ranges: Sequence[OffsetRange]) -> None:
     """Every offset of every range must be present exactly once; anything else would lose or double a tick."""
     expected = sum(r.size for r in ranges)
@@ -52,6 +37,19 @@ def check_coverage(records: pa.Table, ranges: Sequence[OffsetRange]) -> None:
             f"Kafka returned {records.num_rows} records for {expected} planned offsets in {list(ranges)}; "
             "the batch was not committed (has retention deleted part of the range?)"
         )
+
+
+def read_rows(log: TickLog, ranges: Sequence[OffsetRange], store: SchemaStore, landed_ts_us: int) -> pa.Table:
+    """The decoded raw_ticks rows of exactly `ranges`: a large batch from a real broker is read and decoded by
+    worker processes (k2_resources.kafka_parallel), anything else in process."""
+    if isinstance(log, KafkaResource) and sum(r.size for r in ranges) >= PARALLEL_MIN_RECORDS:
+        rows = read_decoded(
+            log.bootstrap_servers, log.consumer_group, ranges, log.request_timeout_s, store, landed_ts_us
+        )
+    else:
+        rows = decode_records(log.read(ranges), store, landed_ts_us)
+    check_coverage(rows, ranges)
+    return rows
 
 
 def ingest_raw(
@@ -70,17 +68,21 @@ def ingest_raw(
     started = time.perf_counter()
     target_schema = table.schema().as_arrow()
     seen = {"records": 0, "undecodable": 0}
+    built: dict[str, pa.Table] = {}
 
     def build_rows(todo: list[OffsetRange]) -> pa.Table:
-        records = log.read(todo)
-        check_coverage(records, todo)
-        rows = decode_records(records, store, int(time.time() * 1_000_000))
+        rows = read_rows(log, todo, store, int(time.time() * 1_000_000))
         seen["records"] = rows.num_rows
         seen["undecodable"] = rows.num_rows - rows["decode_error"].null_count
         faults.reach("raw_ticks.after_read")
-        return conform(rows, target_schema)
+        conformed = conform(rows, target_schema)
+        built["rows"] = conformed
+        return conformed
 
+    handover.discard()  # whatever was on offer belongs to an earlier batch
     outcome = commit_offset_ranges(table, ranges, build_rows, batch_id=batch_id, before_commit=before_commit)
+    if outcome.rows_appended and "rows" in built:
+        handover.offer(table, outcome.snapshot_id, outcome.ranges_committed, built["rows"])
     faults.reach("raw_ticks.after_commit")
     # The table's whole watermark, not just this batch: a group left behind by a crash catches up on any run.
     marks = read_watermarks(table)
