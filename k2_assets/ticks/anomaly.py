@@ -67,10 +67,10 @@ def flag_grouped(
     tick had none."""
     if not len(price):
         return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
-    group_seed = np.where(carried != NO_REF, carried, first_seen_medians(price, starts))
-    group = np.cumsum(starts) - 1
-    anomaly, reference, changed, settled = _settle(price, starts, group_seed[group], threshold_bps, max_passes)
+    seed = np.where(carried != NO_REF, carried, first_seen_medians(price, starts))
+    anomaly, reference, changed, settled = _settle(price, starts, seed, threshold_bps, max_passes)
     if not settled:
+        group = np.cumsum(starts) - 1
         unsettled = pl.DataFrame({"g": group, "c": changed}).select(pl.col("c").cum_max().over("g")).to_series()
         anomaly = anomaly | unsettled.to_numpy()
     return anomaly, reference
@@ -99,20 +99,20 @@ def _settle(
     price: np.ndarray, starts: np.ndarray, seed: np.ndarray, threshold_bps: int, max_passes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """The fixed point of the passes (module docstring) over ticks grouped by symbol (`starts` marks each group's
-    first tick, `seed` its reference): (anomaly, reference, changed by the last pass, settled).
+    first tick, `seed` holds each group's reference): (anomaly, reference, changed by the last pass, settled).
 
     The first pass takes every tick as valid, so each tick's reference is its predecessor (the seed for a group's
     first): one pass over every tick. A later pass can only change the ticks right after an invalid one (`moved`):
     they get the last valid tick before them as reference, found from the runs of invalid ticks. Invalid ticks are
     few, so later passes cost that, not the batch size."""
     n = len(price)
+    heads = np.flatnonzero(starts)
     reference = np.empty(n, dtype=np.int64)
     reference[1:] = price[:-1]
-    reference[starts] = seed[starts]
+    reference[heads] = seed
     first_anomaly = _judge(price, reference, threshold_bps)
     if max_passes < 2 or not first_anomaly.any():
         return first_anomaly, reference, first_anomaly, not first_anomaly.any()
-    group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
     anomaly = first_anomaly.copy()
     changed = first_anomaly.copy()  # what the first pass changed (from "all valid")
     empty = np.zeros(0, dtype=np.int64)
@@ -128,8 +128,9 @@ def _settle(
         head[1:] = invalid[1:] != invalid[:-1] + 1
         run_first = invalid[np.maximum.accumulate(np.where(head, np.arange(len(invalid)), 0))]
         last_valid = run_first[np.searchsorted(invalid, moved - 1)] - 1
-        in_group = last_valid >= group_start[moved]
-        moved_reference = np.where(in_group, price[np.maximum(last_valid, 0)], seed[moved])
+        group = np.searchsorted(heads, moved, side="right") - 1
+        in_group = last_valid >= heads[group]
+        moved_reference = np.where(in_group, price[np.maximum(last_valid, 0)], seed[group])
         # This pass's flags differ from the first pass's only at `moved`; the previous pass's only at `previous`.
         touched = np.union1d(previous, moved)
         proposed = first_anomaly[touched]

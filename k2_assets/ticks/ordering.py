@@ -61,6 +61,7 @@ class Grouped:
 
     order: np.ndarray  # position (in the input) of each grouped row
     codes: np.ndarray  # group code of each grouped row, non-decreasing
+    identity: bool = False  # the input was grouped already: order is 0..n-1
 
     @classmethod
     def of(cls, codes: np.ndarray) -> Grouped:
@@ -72,11 +73,15 @@ class Grouped:
         """The identity order when `codes` is already grouped (non-decreasing), else None."""
         if len(codes) > 1 and bool((codes[1:] < codes[:-1]).any()):
             return None
-        return cls(np.arange(len(codes)), codes)
+        return cls(np.arange(len(codes)), codes, identity=True)
 
     def subset(self, keep: np.ndarray) -> Grouped:
         """The grouped rows at `keep` (a mask or ascending positions, in grouped order), still grouped."""
         return Grouped(self.order[keep], self.codes[keep])
+
+    def take(self, values: np.ndarray) -> np.ndarray:
+        """values (one per input row) in grouped order; no copy when the input was grouped already."""
+        return values if self.identity else values[self.order]
 
     def starts(self) -> np.ndarray:
         """True at the first row of each group."""

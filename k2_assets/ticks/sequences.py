@@ -173,10 +173,9 @@ def track_sequences(
     starts = grouped.starts()
     group = np.cumsum(starts) - 1  # group number of each grouped row
     before = _Before.of(received, grouped.order[starts], state)
-    at = grouped.order
-    seq = received["sequence"].cast(pl.Int64).to_numpy()[at]
+    seq = grouped.take(received["sequence"].cast(pl.Int64).to_numpy())
     ts_column = received["exchange_ts"].cast(pl.Int64)
-    ts, ts_known = ts_column.fill_null(0).to_numpy()[at], ts_column.is_not_null().to_numpy()[at]
+    ts, ts_known = grouped.take(ts_column.fill_null(0).to_numpy()), grouped.take(ts_column.is_not_null().to_numpy())
 
     # Reset: a drop of more than reset_drop below the previous arrival while the exchange time does not go back.
     prev, prev_known = np.empty_like(seq), np.ones(len(seq), dtype=bool)
@@ -193,7 +192,7 @@ def track_sequences(
     has_base = before.known[group] & before.top_known[group] & (epoch == before.epoch[group])
     base = before.top[group]
 
-    rows = _Rows(received, at, group, seq, epoch, has_base, base)
+    rows = _Rows(received, grouped, group, seq, epoch, has_base, base)
     stamp = [pl.lit(now_us, pl.Int64).alias("detected_at"), pl.lit(batch_id).alias("batch_id")]
     stamp.append(pl.lit(raw_snapshot_id, pl.Int64).alias("raw_snapshot_id"))
     opened = (
@@ -220,32 +219,41 @@ class _Rows:
     def __init__(
         self,
         received: pl.DataFrame,
-        at: np.ndarray,
+        grouped: Grouped,
         group: np.ndarray,
         seq: np.ndarray,
         epoch: np.ndarray,
         has_base: np.ndarray,
         base: np.ndarray,
     ) -> None:
-        self.received, self.at, self.group, self.seq, self.epoch = received, at, group, seq, epoch
+        self.received, self.grouped, self.group, self.seq, self.epoch = received, grouped, group, seq, epoch
+        self.at = grouped.order
         self.has_base, self.base = has_base, base
-        self.day = received["trading_date"].cast(pl.Int32).to_numpy()[at]
+        self.day = grouped.take(received["trading_date"].cast(pl.Int32).to_numpy())
         n = len(seq)
         # Feeds deliver sequences ascending, so the grouped rows usually are sorted already: checked, not sorted.
         same_segment = (group[1:] == group[:-1]) & (epoch[1:] == epoch[:-1])
-        order = np.arange(n)
-        if not bool((seq[1:] >= seq[:-1])[same_segment].all()):
+        if bool((seq[1:] >= seq[:-1])[same_segment].all()):
+            g, e, s, order = group, epoch, seq, None
+        else:
             keys = pl.DataFrame({"g": group, "e": epoch, "s": seq})
             order = keys.select(pl.arg_sort_by("g", "e", "s", maintain_order=True)).to_series().to_numpy()
-        g, e, s = group[order], epoch[order], seq[order]
+            g, e, s = group[order], epoch[order], seq[order]
         distinct = np.ones(n, dtype=bool)
         distinct[1:] = (g[1:] != g[:-1]) | (e[1:] != e[:-1]) | (s[1:] != s[:-1])
-        self.distinct = order[distinct]  # the first arrival of each key, keys ascending
+        # The first arrival of each key, keys ascending (a slice, no copies, when that is every row in order).
+        self.distinct: np.ndarray | slice = np.flatnonzero(distinct) if order is None else order[distinct]
+        if order is None and bool(distinct.all()):
+            self.distinct = slice(None)
+
+    def _where(self, mask: np.ndarray) -> np.ndarray:
+        """Positions (in the grouped rows) of the distinct keys where `mask` (over the distinct keys) holds."""
+        return np.flatnonzero(mask) if isinstance(self.distinct, slice) else self.distinct[mask]
 
     def gaps(self, names: pl.DataFrame, stamp: list[pl.Expr]) -> pl.DataFrame:
         """Within an epoch, every hole between consecutive distinct sequences above the carried highest one."""
         d = self.distinct
-        above = d[~self.has_base[d] | (self.seq[d] > self.base[d])]
+        above = self._where(~self.has_base[d] | (self.seq[d] > self.base[d]))
         g, e, s = self.group[above], self.epoch[above], self.seq[above]
         segment_first = np.ones(len(above), dtype=bool)
         segment_first[1:] = (g[1:] != g[:-1]) | (e[1:] != e[:-1])
@@ -282,7 +290,7 @@ class _Rows:
     def distinct_below(self) -> pl.DataFrame:
         """(_g, epoch, sequence) of distinct sequences below the carried highest one: candidates to fill a gap."""
         d = self.distinct
-        below = d[self.has_base[d] & (self.seq[d] < self.base[d])]
+        below = self._where(self.has_base[d] & (self.seq[d] < self.base[d]))
         return pl.DataFrame({"_g": self.group[below], "epoch": self.epoch[below], "sequence": self.seq[below]})
 
 
@@ -382,7 +390,7 @@ def _next_state(
     # Epochs only grow inside a symbol: the last epoch's rows are the group's last segment.
     segments = np.flatnonzero(starts | reset)
     highest = np.maximum.reduceat(rows.seq, segments)[np.searchsorted(segments, ends, side="right") - 1]
-    valid = rows.received["valid"].fill_null(False).to_numpy()[rows.at]
+    valid = rows.grouped.take(rows.received["valid"].fill_null(False).to_numpy())
     last_valid = np.maximum.accumulate(np.where(valid, np.arange(n), -1))[ends]
     has_valid = pl.Series(last_valid >= heads)
     ts, price = rows.received["exchange_ts"].cast(pl.Int64), rows.received["price"].cast(pl.Int64)

@@ -363,8 +363,5 @@ def _received(
 
 
 def _take(column: pl.Series, at: np.ndarray) -> pl.Series:
-    """column[at] as numpy gathers (values, and validity if the column has nulls): cheaper than polars' gather."""
-    values = pl.Series(column.name, column.fill_null(0).to_numpy()[at])
-    if not column.has_nulls():
-        return values
-    return pl.select(pl.when(pl.Series(column.is_not_null().to_numpy()[at])).then(values)).to_series()
+    """column[at]: a numpy gather unless the column has nulls to keep."""
+    return column.gather(at) if column.has_nulls() else pl.Series(column.name, column.to_numpy()[at])
