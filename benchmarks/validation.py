@@ -1,6 +1,7 @@
 """Validation throughput (polars) and Great Expectations gate time: prints tables, asserts nothing.
 
     .venv/bin/python benchmarks/validation.py [--rows 1000000 5000000] [--ge-rows 1000000] [--repeat 3]
+                                              [--default-malloc]
 
 1. validation   one raw batch through the pure-polars stages validated_ticks runs: business rules and dedup
    (inside the batch and against keys an earlier batch published: an anti-join), anomaly flags against a carried
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from k2_assets.ticks.gate import BatchCounts, GateConfig, check_batch
 from k2_assets.ticks.sequences import track_sequences
 from k2_assets.ticks.validate import SOURCE_COLUMNS, Rules, validate
+from k2_resources.memory import retain_freed_memory
 
 OPEN_US = 1_795_561_200_000_000  # 2026-11-24 23:00 UTC: the ASX open of trading date 2026-11-25
 SESSION_US = 6 * 3_600_000_000
@@ -196,8 +198,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--ge-rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's defaults (ingest runs retain freed memory)"
+    )
     args = parser.parse_args()
-    print(f"polars {pl.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    retained = not args.default_malloc and retain_freed_memory()
+    print(
+        f"polars {pl.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
+        f"freed memory {'retained for reuse, as in ingest runs' if retained else 'returned (glibc defaults)'}"
+    )
     rows = [r for n in args.rows for r in validation_rows(n, args.repeat)]
     table(f"Validation (polars, best of {args.repeat})", ("raw rows", "stage", "ms", "M rows/s", "outcome"), rows)
     table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from k2_resources.env import Settings
+from k2_resources.memory import retain_freed_memory
 from k2_resources.schemas import FileSchemaStore, SchemaStore
 
 
@@ -24,6 +25,10 @@ class PipelineResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             max_batch_per_partition=settings.max_batch_per_partition,
             schema_registry_url=settings.schema_registry_url,
         )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Runs in the process that executes the batch: its buffers are reused from batch to batch, not refaulted.
+        retain_freed_memory()
 
     def schema_store(self) -> SchemaStore:
         if self.schema_registry_url:
