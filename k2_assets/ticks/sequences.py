@@ -178,18 +178,22 @@ def track_sequences(
     ts, ts_known = grouped.take(ts_column.fill_null(0).to_numpy()), grouped.take(ts_column.is_not_null().to_numpy())
 
     # Reset: a drop of more than reset_drop below the previous arrival while the exchange time does not go back.
+    heads = np.flatnonzero(starts)  # the state arrays are indexed by group number, i.e. in head order
     prev, prev_known = np.empty_like(seq), np.ones(len(seq), dtype=bool)
-    prev[1:], prev[starts] = seq[:-1], before.prev[group[starts]]
-    prev_known[starts] = before.prev_known[group[starts]]
+    prev[1:], prev[heads], prev_known[heads] = seq[:-1], before.prev, before.prev_known
     prev_ts, prev_ts_known = np.empty_like(ts), np.empty_like(ts_known)
     prev_ts[1:], prev_ts_known[1:] = ts[:-1], ts_known[:-1]
-    prev_ts[starts], prev_ts_known[starts] = before.prev_ts[group[starts]], before.prev_ts_known[group[starts]]
+    prev_ts[heads], prev_ts_known[heads] = before.prev_ts, before.prev_ts_known
     reset = prev_known & (seq.astype(np.float64) < prev.astype(np.float64) * (1.0 - reset_drop))
     reset &= ts_known & prev_ts_known & (ts >= prev_ts)
-    running = np.cumsum(reset)
-    epoch = before.epoch[group] + running - (running - reset)[starts][group]
+    state_epoch = epoch = before.epoch[group]
+    same_epoch: np.ndarray | bool = True
+    if reset.any():  # each reset starts a new epoch for the rest of its symbol's rows
+        running = np.cumsum(reset)
+        epoch = state_epoch + running - (running - reset)[heads][group]
+        same_epoch = epoch == state_epoch
     # The highest sequence carried from the state applies while the batch is still in the state's epoch.
-    has_base = before.known[group] & before.top_known[group] & (epoch == before.epoch[group])
+    has_base = (before.known & before.top_known)[group] & same_epoch
     base = before.top[group]
 
     rows = _Rows(received, grouped, group, seq, epoch, has_base, base)
@@ -391,7 +395,8 @@ def _next_state(
     segments = np.flatnonzero(starts | reset)
     highest = np.maximum.reduceat(rows.seq, segments)[np.searchsorted(segments, ends, side="right") - 1]
     valid = rows.grouped.take(rows.received["valid"].fill_null(False).to_numpy())
-    last_valid = np.maximum.accumulate(np.where(valid, np.arange(n), -1))[ends]
+    valid_at = np.flatnonzero(valid)
+    last_valid = np.concatenate(([-1], valid_at))[np.searchsorted(valid_at, ends, side="right")]
     has_valid = pl.Series(last_valid >= heads)
     ts, price = rows.received["exchange_ts"].cast(pl.Int64), rows.received["price"].cast(pl.Int64)
     at_valid = rows.at[np.maximum(last_valid, 0)]
