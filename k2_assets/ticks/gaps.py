@@ -1,0 +1,203 @@
+"""Gaps, resets and fills of one batch's sequences, over the rows grouped per symbol in arrival order (see
+sequences.py for the definitions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from k2_assets.ticks.ordering import Grouped
+
+GAP = "gap"
+RESET = "reset"
+GROUP = ["exchange", "symbol"]
+
+GAP_SCHEMA: dict[str, pl.DataType] = {
+    "gap_id": pl.String(),
+    "kind": pl.String(),
+    "exchange": pl.String(),
+    "symbol": pl.String(),
+    "epoch": pl.Int64(),
+    "trading_date": pl.Date(),
+    "expected": pl.Int64(),
+    "received": pl.Int64(),
+    "first_missing": pl.Int64(),
+    "last_missing": pl.Int64(),
+    "missing_count": pl.Int64(),
+    "filled_count": pl.Int64(),
+    "detected_at": pl.Int64(),
+    "filled_at": pl.Int64(),
+    "batch_id": pl.String(),
+    "raw_snapshot_id": pl.Int64(),
+}
+
+
+def empty_gaps() -> pl.DataFrame:
+    return pl.DataFrame(schema=GAP_SCHEMA)
+
+
+def gap_id(last: pl.Expr) -> pl.Expr:
+    """Stable id of a gap or reset: the same batch recomputed gives the same ids."""
+    parts = [pl.col("exchange"), pl.col("symbol"), pl.col("trading_date"), pl.col("epoch"), last]
+    return pl.concat_str([p.cast(pl.String) for p in parts], separator="|")
+
+
+class SequenceRows:
+    """The batch grouped per symbol in arrival order (numpy arrays), each row with its epoch and the highest
+    sequence carried from the state for that epoch, and the distinct (symbol, epoch, sequence) in ascending order."""
+
+    def __init__(
+        self,
+        received: pl.DataFrame,
+        grouped: Grouped,
+        group: np.ndarray,
+        seq: np.ndarray,
+        epoch: np.ndarray,
+        has_base: np.ndarray,
+        base: np.ndarray,
+    ) -> None:
+        self.received, self.grouped, self.group, self.seq, self.epoch = received, grouped, group, seq, epoch
+        self.at = grouped.order
+        self.has_base, self.base = has_base, base
+        self.day = grouped.take(received["trading_date"].cast(pl.Int32).to_numpy())
+        n = len(seq)
+        # Feeds deliver sequences ascending, so the grouped rows usually are sorted already: checked, not sorted.
+        same_segment = (group[1:] == group[:-1]) & (epoch[1:] == epoch[:-1])
+        if bool((seq[1:] >= seq[:-1])[same_segment].all()):
+            g, e, s, order = group, epoch, seq, None
+        else:
+            keys = pl.DataFrame({"g": group, "e": epoch, "s": seq})
+            order = keys.select(pl.arg_sort_by("g", "e", "s", maintain_order=True)).to_series().to_numpy()
+            g, e, s = group[order], epoch[order], seq[order]
+        distinct = np.ones(n, dtype=bool)
+        distinct[1:] = (g[1:] != g[:-1]) | (e[1:] != e[:-1]) | (s[1:] != s[:-1])
+        # The first arrival of each key, keys ascending (a slice, no copies, when that is every row in order).
+        self.distinct: np.ndarray | slice = np.flatnonzero(distinct) if order is None else order[distinct]
+        if order is None and bool(distinct.all()):
+            self.distinct = slice(None)
+
+    def _where(self, mask: np.ndarray) -> np.ndarray:
+        """Positions (in the grouped rows) of the distinct keys where `mask` (over the distinct keys) holds."""
+        return np.flatnonzero(mask) if isinstance(self.distinct, slice) else self.distinct[mask]
+
+    def gaps(self, names: pl.DataFrame, stamp: list[pl.Expr]) -> pl.DataFrame:
+        """Within an epoch, every hole between consecutive distinct sequences above the carried highest one."""
+        d = self.distinct
+        above = self._where(~self.has_base[d] | (self.seq[d] > self.base[d]))
+        g, e, s = self.group[above], self.epoch[above], self.seq[above]
+        segment_first = np.ones(len(above), dtype=bool)
+        segment_first[1:] = (g[1:] != g[:-1]) | (e[1:] != e[:-1])
+        prev, prev_known = np.empty_like(s), np.ones(len(s), dtype=bool)
+        prev[1:] = s[:-1]
+        prev[segment_first] = self.base[above][segment_first]
+        prev_known[segment_first] = self.has_base[above][segment_first]
+        gap = prev_known & (s - prev > 1)
+        frame = pl.DataFrame(
+            {
+                "_g": g[gap],
+                "epoch": e[gap],
+                "trading_date": pl.Series(self.day[above][gap]).cast(pl.Date),
+                "_prev_seq": prev[gap],
+                "sequence": s[gap],
+            }
+        )
+        return frame.join(names, on="_g", how="left").select(
+            gap_id(pl.col("_prev_seq") + 1).alias("gap_id"),
+            pl.lit(GAP).alias("kind"),
+            *GROUP,
+            "epoch",
+            "trading_date",
+            (pl.col("_prev_seq") + 1).alias("expected"),
+            pl.col("sequence").alias("received"),
+            (pl.col("_prev_seq") + 1).alias("first_missing"),
+            (pl.col("sequence") - 1).alias("last_missing"),
+            (pl.col("sequence") - pl.col("_prev_seq") - 1).alias("missing_count"),
+            pl.lit(0, pl.Int64).alias("filled_count"),
+            *stamp,
+            pl.lit(None, pl.Int64).alias("filled_at"),
+        )
+
+    def distinct_below(self) -> pl.DataFrame:
+        """(_g, epoch, sequence) of distinct sequences below the carried highest one: candidates to fill a gap."""
+        d = self.distinct
+        below = self._where(self.has_base[d] & (self.seq[d] < self.base[d]))
+        return pl.DataFrame({"_g": self.group[below], "epoch": self.epoch[below], "sequence": self.seq[below]})
+
+
+def resets(
+    rows: SequenceRows, reset: np.ndarray, names: pl.DataFrame, carried: pl.DataFrame, stamp: list[pl.Expr]
+) -> pl.DataFrame:
+    """The reset rows, each with the highest sequence of the epoch it leaves (from the batch, or from the state if
+    that epoch started before it): windows over the rows of the few symbols that reset, not the whole batch.
+    `carried` has the state's epoch and highest sequence per group (_g, _s_epoch, _s_max)."""
+    hit = np.zeros(len(names), dtype=bool)
+    hit[rows.group[reset]] = True
+    touched = hit[rows.group]
+    frame = pl.DataFrame(
+        {
+            "_g": rows.group[touched],
+            "epoch": rows.epoch[touched],
+            "sequence": rows.seq[touched],
+            "trading_date": pl.Series(rows.day[touched]).cast(pl.Date),
+            "_reset": reset[touched],
+        }
+    ).join(carried, on="_g", how="left", maintain_order="left")
+    left = frame.with_columns(
+        pl.max_horizontal(
+            pl.col("sequence").cum_max().over("_g", "epoch").shift(1).over("_g"),
+            pl.when(pl.col("epoch") - 1 == pl.col("_s_epoch")).then(pl.col("_s_max")),
+        ).alias("_left_max")
+    ).filter(pl.col("_reset"))
+    return left.join(names, on="_g", how="left").select(
+        gap_id(pl.lit(RESET)).alias("gap_id"),
+        pl.lit(RESET).alias("kind"),
+        *GROUP,
+        "epoch",
+        "trading_date",
+        (pl.col("_left_max") + 1).alias("expected"),
+        pl.col("sequence").alias("received"),
+        pl.lit(None, pl.Int64).alias("first_missing"),
+        pl.lit(None, pl.Int64).alias("last_missing"),
+        pl.lit(0, pl.Int64).alias("missing_count"),
+        pl.lit(0, pl.Int64).alias("filled_count"),
+        *stamp,
+        pl.lit(None, pl.Int64).alias("filled_at"),
+    )
+
+
+def fills(candidates: pl.DataFrame, open_gaps: pl.DataFrame, now_us: int) -> tuple[pl.DataFrame, int]:
+    """Open gaps hit by late sequences, with their filled_count and filled_at updated; and how many hit one."""
+    gaps = open_gaps.filter((pl.col("kind") == GAP) & pl.col("filled_at").is_null())
+    if candidates.is_empty() or gaps.is_empty():
+        return empty_gaps(), 0
+    # Gaps of one symbol and epoch never overlap, so the gap holding a sequence is the one with the greatest
+    # first_missing at or below it (an as-of join), if the sequence is also at or below its last_missing.
+    matched = (
+        candidates.select("_g", "epoch", "sequence")
+        .sort("sequence")
+        .join_asof(
+            gaps.select("_g", "epoch", "first_missing", "last_missing", "gap_id").sort("first_missing"),
+            left_on="sequence",
+            right_on="first_missing",
+            by=["_g", "epoch"],
+            strategy="backward",
+            check_sortedness=False,  # sorted by first_missing within every `by` group, as the join needs
+        )
+        .filter(pl.col("gap_id").is_not_null() & (pl.col("sequence") <= pl.col("last_missing")))
+    )
+    counts = matched.group_by("gap_id").agg(pl.col("sequence").n_unique().cast(pl.Int64).alias("_new"))
+    updated = (
+        gaps.join(counts, on="gap_id", how="inner")
+        .with_columns(
+            pl.min_horizontal(pl.col("filled_count") + pl.col("_new"), pl.col("missing_count")).alias("filled_count")
+        )
+        .with_columns(
+            pl.when(pl.col("filled_count") >= pl.col("missing_count"))
+            .then(pl.lit(now_us, pl.Int64))
+            .otherwise(None)
+            .alias("filled_at")
+        )
+        .select(list(GAP_SCHEMA))
+        .sort(*GROUP, "epoch", "first_missing")
+    )
+    return updated, matched.height
