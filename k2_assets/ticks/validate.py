@@ -224,9 +224,9 @@ def _key_arrays(keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def _group_names(raw: pl.DataFrame, narrow: pl.DataFrame, rows: Grouped) -> pl.DataFrame:
     """(_g, exchange, symbol) of every group id in the batch: strings gathered for one row per group."""
-    heads = rows.order[rows.starts()]
-    names = raw.select("exchange", "symbol")[narrow["_row"].to_numpy()[heads]]
-    named = names.with_columns(pl.Series("_g", rows.codes[rows.starts()]))
+    starts = rows.starts()
+    names = raw.select("exchange", "symbol")[narrow["_row"].to_numpy()[rows.order[starts]]]
+    named = names.with_columns(pl.Series("_g", rows.codes[starts]))
     return named.filter(pl.col("exchange").is_not_null() & pl.col("symbol").is_not_null())
 
 
