@@ -75,10 +75,6 @@ class Grouped:
             return None
         return cls(np.arange(len(codes)), codes, identity=True)
 
-    def subset(self, keep: np.ndarray) -> Grouped:
-        """The grouped rows at `keep` (a mask or ascending positions, in grouped order), still grouped."""
-        return Grouped(self.order[keep], self.codes[keep])
-
     def take(self, values: np.ndarray) -> np.ndarray:
         """values (one per input row) in grouped order; no copy when the input was grouped already."""
         return values if self.identity else values[self.order]

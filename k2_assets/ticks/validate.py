@@ -187,30 +187,38 @@ def _reasons(verdicts: pl.DataFrame) -> pl.Series:
 
 @dataclass(frozen=True)
 class _Columns:
-    """The integer columns of `narrow` as numpy arrays (a null, only ever on a row failing a rule, as 0); the
+    """The columns of `narrow` the kernels use, as numpy arrays, in grouped order (rows of a symbol together, in
+    arrival order): a null, only ever on a row failing a rule, as 0 (`price_known` keeps where price was set); the
     trading date as days since the epoch (int32, a Date's physical value)."""
 
-    row: np.ndarray
-    group: np.ndarray
+    arrival: np.ndarray  # position in `narrow` (arrival order)
+    row: np.ndarray  # position in `raw`
+    group: np.ndarray  # group id, non-decreasing
     day: np.ndarray
     seq: np.ndarray
+    ts: np.ndarray
     price: np.ndarray
+    price_known: np.ndarray
+    derivative: np.ndarray
 
     @classmethod
-    def of(cls, narrow: pl.DataFrame) -> _Columns:
+    def grouped(cls, narrow: pl.DataFrame, rows: Grouped) -> _Columns:
+        at = rows.order
+
         def ints(name: str) -> np.ndarray:
-            return narrow[name].cast(pl.Int64).fill_null(0).to_numpy()
+            return narrow[name].cast(pl.Int64).fill_null(0).to_numpy()[at]
 
         return cls(
-            narrow["_row"].to_numpy(),
-            narrow["_g"].to_numpy(),
-            narrow["trading_date"].cast(pl.Int32).fill_null(0).to_numpy(),
+            at,
+            narrow["_row"].to_numpy()[at],
+            rows.codes,
+            narrow["trading_date"].cast(pl.Int32).fill_null(0).to_numpy()[at],
             ints("sequence"),
+            ints("exchange_ts"),
             ints("price"),
+            narrow["price"].is_not_null().to_numpy()[at],
+            narrow["_derivative"].to_numpy()[at],
         )
-
-    def keys(self, at: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.group[at], self.day[at], self.seq[at]
 
 
 def _key_arrays(keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,10 +230,10 @@ def _key_arrays(keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     )
 
 
-def _group_names(raw: pl.DataFrame, narrow: pl.DataFrame, rows: Grouped) -> pl.DataFrame:
+def _group_names(raw: pl.DataFrame, cols: _Columns, rows: Grouped) -> pl.DataFrame:
     """(_g, exchange, symbol) of every group id in the batch: strings gathered for one row per group."""
     starts = rows.starts()
-    names = raw.select("exchange", "symbol")[narrow["_row"].to_numpy()[rows.order[starts]]]
+    names = raw.select("exchange", "symbol")[cols.row[starts]]
     named = names.with_columns(pl.Series("_g", rows.codes[starts]))
     return named.filter(pl.col("exchange").is_not_null() & pl.col("symbol").is_not_null())
 
@@ -256,35 +264,40 @@ def validate(
         "_row", "arrival", _reasons(failing.filter("_failing")), pl.lit(None, pl.String).alias("_detail")
     )
 
-    # Rows grouped per symbol in arrival order; the rows passing the rules have every key column set.
-    cols = _Columns.of(narrow)
-    rows = Grouped.of(cols.group)
-    groups = _group_names(raw, narrow, rows)
-    passing_at = np.flatnonzero(~failing["_failing"].to_numpy()[rows.order])  # positions in `rows`
-    passing = rows.subset(passing_at)
-    keys = Keys.of(*cols.keys(passing.order))
+    # Rows grouped per symbol in arrival order (masks below are over them); rows passing the rules have every key
+    # column set.
+    rows = Grouped.of(narrow["_g"].to_numpy())
+    cols = _Columns.grouped(narrow, rows)
+    groups = _group_names(raw, cols, rows)
+    passing = ~failing["_failing"].to_numpy()[rows.order]
+    keys = Keys.of(cols.group[passing], cols.day[passing], cols.seq[passing])
     first = keys.first_occurrences()
     table_dup = np.zeros(len(first), dtype=bool)
     if seen_keys is not None and not seen_keys.is_empty():
         seen = seen_keys.join(groups, on=["exchange", "symbol"], how="inner")
         at = np.flatnonzero(first)
         table_dup[at] = keys.published_before(at, _key_arrays(seen))
-    kept_at = passing_at[first & ~table_dup]
-    kept = rows.subset(kept_at)
+    kept = passing.copy()
+    kept[passing] = first & ~table_dup
 
     carried = np.full(len(groups) + 1, NO_REF, dtype=np.int64)  # by group id (ids are dense)
     if last_prices is not None and not last_prices.is_empty():
         found = groups.join(last_prices, on=["exchange", "symbol"], how="inner")
         carried[found["_g"].to_numpy()] = found["last_price"].cast(pl.Int64).to_numpy()
-    starts = kept.starts()
-    price = cols.price[kept.order]
-    anomaly, reference = flag_grouped(price, starts, carried[kept.codes[starts]], rules.anomaly_bps)
+    kept_group = cols.group[kept]
+    starts = np.ones(len(kept_group), dtype=bool)
+    starts[1:] = kept_group[1:] != kept_group[:-1]
+    price = cols.price[kept]
+    anomaly, reference = flag_grouped(price, starts, carried[kept_group[starts]], rules.anomaly_bps)
     # Derivatives are exempt: their prices may sit at or cross zero, where a relative jump means nothing.
-    anomaly &= ~narrow["_derivative"].to_numpy()[kept.order]
+    anomaly &= ~cols.derivative[kept]
+    valid = np.zeros(len(kept), dtype=bool)
+    valid[kept] = ~anomaly
 
-    flagged_at = kept.order[anomaly]
+    kept_at = cols.arrival[kept]
+    flagged_at = kept_at[anomaly]
     anomalies = pl.DataFrame({"arrival": flagged_at, "price": price[anomaly], "_reference": reference[anomaly]}).select(
-        pl.Series("_row", cols.row[flagged_at]),
+        pl.Series("_row", cols.row[kept][anomaly]),
         pl.col("arrival").cast(pl.UInt32),
         pl.lit([ANOMALY]).alias("reasons"),
         pl.format(
@@ -295,24 +308,26 @@ def validate(
         ).alias("_detail"),
     )
     published = np.zeros(narrow.height, dtype=bool)
-    published[kept.order[~anomaly]] = True
+    published[kept_at[~anomaly]] = True
     flagged = pl.concat([failed, anomalies]).sort("arrival")
-    in_batch = np.sort(passing.order[~first])
-    of_table = np.sort(passing.order[table_dup])
+    passing_at = cols.arrival[passing]
+    in_batch = np.sort(passing_at[~first])
+    of_table = np.sort(passing_at[table_dup])
+    raw_row = narrow["_row"].to_numpy()
     duplicates = pl.DataFrame(
         {
-            "_row": cols.row[np.concatenate([in_batch, of_table])],
+            "_row": raw_row[np.concatenate([in_batch, of_table])],
             "duplicate_of": ["batch"] * len(in_batch) + ["ticks"] * len(of_table),
         },
         schema={"_row": pl.Int64, "duplicate_of": pl.String},
     )
     return ValidationResult(
-        ticks=raw.select(TICK_COLUMNS + SOURCE_COLUMNS)[cols.row[published]],
+        ticks=raw.select(TICK_COLUMNS + SOURCE_COLUMNS)[raw_row[published]],
         quarantine=_quarantine(raw, flagged),
         duplicates=pl.concat(
             [raw.select(SOURCE_COLUMNS)[duplicates["_row"]], duplicates.select("duplicate_of")], how="horizontal"
         ),
-        received=_received(narrow, cols, rows, failing["_keyed"].to_numpy(), kept_at, anomaly, groups),
+        received=_received(cols, failing["_keyed"].to_numpy()[rows.order] | kept, valid, groups),
     )
 
 
@@ -326,42 +341,26 @@ def _quarantine(raw: pl.DataFrame, flagged: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _received(
-    narrow: pl.DataFrame,
-    cols: _Columns,
-    rows: Grouped,
-    keyed_failing: np.ndarray,
-    kept_at: np.ndarray,
-    anomaly: np.ndarray,
-    groups: pl.DataFrame,
-) -> pl.DataFrame:
-    """What the sequence tracker sees: every decoded row with a key that is not a duplicate, valid or not, grouped
-    per symbol in arrival order (`kept_at`: positions in `rows` of the rows kept, `anomaly` their flags). Names
-    come from the small group table as categoricals: no string gathered per row."""
-    tracked = keyed_failing[rows.order]
-    tracked[kept_at] = True
-    valid = np.zeros(len(tracked), dtype=bool)
-    valid[kept_at[~anomaly]] = True
-    at = rows.order[tracked]
-    group = cols.group[at]
+def _received(cols: _Columns, tracked: np.ndarray, valid: np.ndarray, groups: pl.DataFrame) -> pl.DataFrame:
+    """What the sequence tracker sees: every decoded row with a key that is not a duplicate (`tracked`), valid or
+    not, grouped per symbol in arrival order. Names come from the small group table as categoricals: no string
+    gathered per row."""
+    group = cols.group[tracked]
     names = groups.select(pl.col("exchange", "symbol").cast(pl.Categorical))  # row i is group id i
-    frame = pl.DataFrame(
+    price = pl.Series("price", cols.price[tracked])
+    price_known = cols.price_known[tracked]
+    if not price_known.all():  # a row failing a rule may lack a price: it stays null
+        price = pl.select(pl.when(pl.Series(price_known)).then(price)).to_series()
+    return pl.DataFrame(
         {
             "exchange": names["exchange"].gather(group),
             "symbol": names["symbol"].gather(group),
-            "sequence": cols.seq[at],
-            # A failing row may lack a time or price: those columns keep their nulls.
-            "exchange_ts": _take(narrow["exchange_ts"], at),
-            "trading_date": pl.Series(cols.day[at]).cast(pl.Date),
-            "price": _take(narrow["price"], at),
+            "sequence": cols.seq[tracked],
+            "exchange_ts": cols.ts[tracked],  # set on every tracked row
+            "trading_date": pl.Series(cols.day[tracked]).cast(pl.Date),
+            "price": price,
             "valid": valid[tracked],
-            "arrival": pl.Series(at).cast(pl.UInt32),
+            "arrival": pl.Series(cols.arrival[tracked]).cast(pl.UInt32),
             "_g": group,
         }
     )
-    return frame
-
-
-def _take(column: pl.Series, at: np.ndarray) -> pl.Series:
-    """column[at]: a numpy gather unless the column has nulls to keep."""
-    return column.gather(at) if column.has_nulls() else pl.Series(column.name, column.to_numpy()[at])
