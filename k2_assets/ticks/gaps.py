@@ -83,22 +83,26 @@ class SequenceRows:
     def gaps(self, names: pl.DataFrame, stamp: list[pl.Expr]) -> pl.DataFrame:
         """Within an epoch, every hole between consecutive distinct sequences above the carried highest one."""
         d = self.distinct
-        above = self._where(~self.has_base[d] | (self.seq[d] > self.base[d]))
-        g, e, s = self.group[above], self.epoch[above], self.seq[above]
-        segment_first = np.ones(len(above), dtype=bool)
+        above = ~self.has_base[d] | (self.seq[d] > self.base[d])  # over the distinct keys
+        where = self._where(above)  # their positions in the grouped rows
+        g, e, s = self.group[d][above], self.epoch[d][above], self.seq[d][above]
+        segment_first = np.ones(len(s), dtype=bool)
         segment_first[1:] = (g[1:] != g[:-1]) | (e[1:] != e[:-1])
-        prev, prev_known = np.empty_like(s), np.ones(len(s), dtype=bool)
-        prev[1:] = s[:-1]
-        prev[segment_first] = self.base[above][segment_first]
-        prev_known[segment_first] = self.has_base[above][segment_first]
-        gap = prev_known & (s - prev > 1)
+        # Only a segment's first key (compared with the carried highest sequence) or a jump can start a gap.
+        step = segment_first.copy()
+        step[1:] |= s[1:] - s[:-1] > 1
+        at = np.flatnonzero(step)
+        first = segment_first[at]
+        prev = np.where(first, self.base[where[at]], s[np.maximum(at - 1, 0)])
+        gap = np.where(first, self.has_base[where[at]], True) & (s[at] - prev > 1)
+        at = at[gap]
         frame = pl.DataFrame(
             {
-                "_g": g[gap],
-                "epoch": e[gap],
-                "trading_date": pl.Series(self.day[above][gap]).cast(pl.Date),
+                "_g": g[at],
+                "epoch": e[at],
+                "trading_date": pl.Series(self.day[where[at]]).cast(pl.Date),
                 "_prev_seq": prev[gap],
-                "sequence": s[gap],
+                "sequence": s[at],
             }
         )
         return frame.join(names, on="_g", how="left").select(
