@@ -45,7 +45,7 @@ def dense_codes(ids: pl.Series) -> tuple[np.ndarray, int]:
         return np.zeros(0, dtype=np.int64), 0
     top = ids.max()
     top = -1 if top is None else int(top)  # type: ignore[arg-type]
-    values = ids.cast(pl.Int64).fill_null(top + 1).to_numpy()
+    values = ids.fill_null(top + 1).to_numpy()
     present = np.zeros(top + 2, dtype=bool)
     present[values] = True
     count = int(present[: top + 1].sum())
