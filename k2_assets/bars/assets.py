@@ -18,6 +18,7 @@ import dagster as dg
 from k2_assets.bars.build import BarsRunResult, BarTables, DayReport, rebuild_days, rollup_days, update_live
 from k2_assets.bars.partitions import trading_day_partitions
 from k2_assets.bars.restate import ALLOWED_LATENESS_US, GRACE_US
+from k2_assets.serving import dq_worker
 from k2_assets.ticks.assets import validated_ticks
 from k2_resources.iceberg import IcebergResource
 from k2_resources.pipeline import PipelineResource
@@ -76,7 +77,11 @@ def _days(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> list
     "partition of bars_1m/5m/1h/1d it changed.",
 )
 def bars_live(context: dg.AssetExecutionContext, iceberg: IcebergResource) -> dg.MaterializeResult:  # type: ignore[type-arg]
-    result = update_live(BarTables.open(iceberg), run_id=context.run_id)
+    try:
+        result = update_live(BarTables.open(iceberg), run_id=context.run_id)
+    finally:
+        # validated_ticks left its gate's Data Docs building while the bars were computed: they are part of the run.
+        dq_worker.wait_docs()
     by_partition: dict[tuple[str, str], DayReport] = {}
     for report in result.reports:
         if report.bars_written or report.ticks_read:

@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,13 +139,15 @@ def _column_of(kwargs: Mapping[str, Any]) -> str | None:
 
 
 # Building a GE context and registering a suite costs ~2 s; a checkpoint is reused for every batch of the process.
-# Keyed by the suite's full spec, so an edited suite file gets a checkpoint of its own.
-_CHECKPOINTS: dict[tuple[str, str, str], Any] = {}
+# Keyed by the suite's full spec, so an edited suite file gets a checkpoint of its own. The checkpoint has no
+# actions: Data Docs are built by `validate_here`, at once or (in the GE worker) after the results went back.
+_CHECKPOINTS: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 _CHECKPOINTS_LOCK = threading.Lock()
 _PREWARMS: dict[tuple[tuple[str, ...], str, str], threading.Thread] = {}
 
 
-def _checkpoint(name: str, spec: Mapping[str, Any], docs_dir: Path | None) -> Any:
+def checkpoint_for(name: str, spec: Mapping[str, Any], docs_dir: Path | None) -> tuple[Any, Any]:
+    """(checkpoint, its GE context) of this suite, built once per process."""
     key = (name, json.dumps(spec, sort_keys=True, default=str), str(docs_dir))
     with _CHECKPOINTS_LOCK:
         cached = _CHECKPOINTS.get(key)
@@ -160,33 +162,33 @@ def _checkpoint(name: str, spec: Mapping[str, Any], docs_dir: Path | None) -> An
         asset = context.data_sources.add_pandas("k2").add_dataframe_asset(name)
         batch = asset.add_batch_definition_whole_dataframe("batch")
         definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
-        actions: list[Any] = (
-            [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if docs_dir else []
-        )
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(name=name, validation_definitions=[definition], actions=actions)
-        )
-        _CHECKPOINTS[key] = checkpoint
-        return checkpoint
+        checkpoint = context.checkpoints.add(gx.Checkpoint(name=name, validation_definitions=[definition], actions=[]))
+        _CHECKPOINTS[key] = (checkpoint, context)
+        return checkpoint, context
 
 
-def prewarm(names: Sequence[str], docs_dir: Path | None, suites_dir: Path = SUITES_DIR) -> threading.Thread:
-    """Import GE and build the checkpoints of these suites in a background thread, so a step that runs a suite later
-    in the process finds them ready (importing GE and building a context take ~5 s; an ingest run overlaps them with
-    the Kafka read). A failure here is left for run_suite to raise with its context."""
+def prewarm(names: Sequence[str], docs_dir: Path | None, suites_dir: Path = SUITES_DIR) -> None:
+    """Get GE imported and these suites' checkpoints built before a step runs them (importing GE and building a
+    context take ~2.5 s). In the GE worker process (dq_worker) when it can start, so the import runs on the other
+    core; otherwise in a background thread of this process. A failure here is left for run_suite to raise."""
+    from k2_assets.serving import dq_worker
+
+    try:
+        dq_worker.start(tuple(names), docs_dir, suites_dir)
+        return
+    except OSError:  # no worker process possible here: warm this process instead
+        pass
 
     def build() -> None:
         for name in names:
             with contextlib.suppress(Exception):
-                _checkpoint(name, load_suite(name, suites_dir), docs_dir)
+                checkpoint_for(name, load_suite(name, suites_dir), docs_dir)
 
     key = (tuple(names), str(docs_dir), str(suites_dir))
     with _CHECKPOINTS_LOCK:
-        thread = _PREWARMS.get(key)
-        if thread is None:  # once per process: a retried commit asks again
-            thread = _PREWARMS[key] = threading.Thread(target=build, name="ge-prewarm", daemon=True)
-            thread.start()
-    return thread
+        if key not in _PREWARMS:  # once per process: a retried commit asks again
+            _PREWARMS[key] = threading.Thread(target=build, name="ge-prewarm", daemon=True)
+            _PREWARMS[key].start()
 
 
 def run_suite(
@@ -197,15 +199,44 @@ def run_suite(
     run_name: str,
     docs_dir: Path | None = None,
     suites_dir: Path = SUITES_DIR,
+    defer_docs: bool = False,
 ) -> SuiteOutcome:
-    """Validate `frame` against quality_suites/<name>.json; build Data Docs under `docs_dir` if given."""
+    """Validate `frame` against quality_suites/<name>.json; build Data Docs under `docs_dir` if given.
+
+    In the GE worker process when `prewarm` started one, else here. `defer_docs`: with the worker, return once the
+    results are stored and let it build the Data Docs meanwhile; dq_worker.wait_docs() waits for them."""
+    from k2_assets.serving import dq_worker
+
+    worker = dq_worker.current()
+    if worker is not None:
+        request = {"name": name, "frame": frame, "parameters": dict(parameters or {}), "run_name": run_name}
+        outcome: SuiteOutcome = worker.run(
+            {**request, "docs_dir": docs_dir, "suites_dir": suites_dir, "defer_docs": defer_docs}
+        )
+        return outcome
+    outcome, _ = validate_here(name, frame, parameters, run_name=run_name, docs_dir=docs_dir, suites_dir=suites_dir)
+    return outcome
+
+
+def validate_here(
+    name: str,
+    frame: pd.DataFrame,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    run_name: str,
+    docs_dir: Path | None = None,
+    suites_dir: Path = SUITES_DIR,
+    docs_now: bool = True,
+) -> tuple[SuiteOutcome, Callable[[], None]]:
+    """run_suite in this process: the outcome (results stored) and the Data Docs build, done already if `docs_now`."""
     started = time.perf_counter()
     spec = load_suite(name, suites_dir)
     version = str(spec.get("meta", {}).get("version", "0"))
     from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
 
     try:
-        checkpoint = _checkpoint(name, spec, docs_dir)
+        checkpoint, context = checkpoint_for(name, spec, docs_dir)
         result = checkpoint.run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=dict(parameters or {}),
@@ -213,6 +244,24 @@ def run_suite(
         )
     except Exception as exc:  # GE raises many untyped errors: one typed error with the cause
         raise QualityGateError(f"running the GE suite {name!r} failed: {type(exc).__name__}: {exc}") from exc
+
+    def build_docs() -> None:
+        # What GE's UpdateDataDocsAction does: the pages of this run's results and suite, then the index.
+        if docs_dir is None:
+            return
+        for key, validation in result.run_results.items():
+            context.build_data_docs(
+                site_names=[DOCS_SITE],
+                resource_identifiers=[key, ExpectationSuiteIdentifier(name=validation.suite_name)],
+                dry_run=False,
+                build_index=True,
+            )
+
+    if docs_now:
+        try:
+            build_docs()
+        except Exception as exc:  # typed, as a failed action would have been
+            raise QualityGateError(f"Data Docs of the GE suite {name!r} failed: {type(exc).__name__}: {exc}") from exc
     outcomes = []
     for validation in result.run_results.values():
         for item in validation.results:
@@ -232,7 +281,7 @@ def run_suite(
                     kwargs=json.dumps(_jsonable(kwargs), default=str)[:_MAX_OBSERVED],
                 )
             )
-    return SuiteOutcome(
+    suite_outcome = SuiteOutcome(
         suite=f"{name}@{version}",
         success=bool(result.success),
         expectations=tuple(outcomes),
@@ -240,3 +289,4 @@ def run_suite(
         docs_index=(docs_dir / "index.html") if docs_dir else None,
         parameters=dict(parameters or {}),
     )
+    return suite_outcome, build_docs

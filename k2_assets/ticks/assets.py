@@ -58,13 +58,10 @@ def raw_ticks(
         )
     warm_gate = None
     if validated_ticks.key in context.job_def.asset_layer.selected_asset_keys and quality.gate_enabled:
-        # validated_ticks runs next in this process (ingest_job executes in process). Its GE gate costs seconds to
-        # import and set up. A large batch is read and decoded by worker processes while this one waits: start it
-        # now. A small one is read here (Python-heavy): start it once the batch is decoded, to overlap the Iceberg
-        # write and validated_ticks' reads, which leave the interpreter free.
+        # validated_ticks runs next in this process (ingest_job executes in process). Its GE gate takes seconds to
+        # import and set up, in the GE worker process (dq_worker): started once the batch is read and decoded (the
+        # read workers have both cores until then), it overlaps the Iceberg write and validated_ticks' first steps.
         warm_gate = functools.partial(prewarm_gate, quality.config().gate)
-        if sum(r.size for r in ranges) >= PARALLEL_MIN_RECORDS:
-            warm_gate()
     result = ingest_raw(kafka, table, ranges, pipeline.schema_store(), batch_id=context.run_id, before_commit=warm_gate)
     out = result.outcome
     context.log.info(

@@ -30,6 +30,8 @@ class GateConfig:
     session_grace_us: int = 15 * 60 * 1_000_000
     derivative_symbols: frozenset[str] = frozenset()
     docs_dir: Path | None = None
+    # Return once the results are stored; the GE worker builds the Data Docs meanwhile (dq_worker.wait_docs).
+    defer_docs: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,14 @@ def check_batch(staged: pl.DataFrame, counts: BatchCounts, config: GateConfig, *
         row_params,
         run_name=run_name,
         docs_dir=config.docs_dir,
+        defer_docs=config.defer_docs,
     )
-    batch = run_suite(BATCH_SUITE, batch_frame(counts), batch_params, run_name=run_name, docs_dir=config.docs_dir)
+    batch = run_suite(
+        BATCH_SUITE,
+        batch_frame(counts),
+        batch_params,
+        run_name=run_name,
+        docs_dir=config.docs_dir,
+        defer_docs=config.defer_docs,
+    )
     return GateResult((rows, batch), {**row_params, **batch_params})

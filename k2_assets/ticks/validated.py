@@ -1,10 +1,12 @@
 """The validated_ticks asset and its blocking quality gate (write-audit-publish, ARCHITECTURE.md decision 3)."""
 
+import dataclasses
 import json
 from typing import Any
 
 import dagster as dg
 
+from k2_assets.serving import dq_worker
 from k2_assets.ticks.dlq import KafkaDeadLetters
 from k2_assets.ticks.planning import ranges_to_config
 from k2_assets.ticks.publish import PublishResult, ValidationTables, publish_validated
@@ -15,6 +17,7 @@ from k2_resources.pipeline import PipelineResource
 from k2_resources.tables import DQ_RESULTS, QUARANTINE, RAW_TICKS, SEQUENCE_GAPS, SYMBOL_STATE, TICKS
 
 GATE_CHECK = "ticks_quality_gate"
+BARS_LIVE = dg.AssetKey("bars_live")
 
 
 def validation_tables(iceberg: IcebergResource) -> ValidationTables:
@@ -132,13 +135,24 @@ def validated_ticks(
     kafka: KafkaResource,
     quality: QualityResource,
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]
-    result = publish_validated(
-        validation_tables(iceberg),
-        batch_id=context.run_id,
-        max_per_partition=pipeline.max_batch_per_partition,
-        config=quality.config(frozenset(pipeline.derivative_symbols)),
-        dead_letters=KafkaDeadLetters(kafka.bootstrap_servers, quality.dlq_topic),
-    )
+    config = quality.config(frozenset(pipeline.derivative_symbols))
+    # bars_live runs next in this process when the batch publishes: the gate's Data Docs can be built meanwhile (it
+    # waits for them). Any other way this step ends, it waits for them itself.
+    bars_next = BARS_LIVE in context.job_def.asset_layer.selected_asset_keys
+    config = dataclasses.replace(config, gate=dataclasses.replace(config.gate, defer_docs=bars_next))
+    try:
+        result = publish_validated(
+            validation_tables(iceberg),
+            batch_id=context.run_id,
+            max_per_partition=pipeline.max_batch_per_partition,
+            config=config,
+            dead_letters=KafkaDeadLetters(kafka.bootstrap_servers, quality.dlq_topic),
+        )
+    except BaseException:
+        dq_worker.wait_docs()
+        raise
+    if not result.published:
+        dq_worker.wait_docs()
     if result.blocked:
         context.log.error(
             f"validated_ticks: batch {result.batch} failed the quality gate; main untouched "
