@@ -101,26 +101,26 @@ def empty_keys() -> pl.DataFrame:
     )
 
 
-def _group_ids(raw: pl.DataFrame) -> np.ndarray:
-    """A small non-negative integer per (exchange, symbol) of every raw row; rows without an exchange or symbol
-    get the id after the last."""
+def _group_key(raw: pl.DataFrame) -> pl.Expr:
+    """The categorical id of each row's (exchange, symbol), null without an exchange or a symbol."""
     # One exchange per batch is the rule (a topic per exchange): then the symbol alone is the group.
     key = pl.col("symbol")
     if len(exchange_codes(raw["exchange"])) > 1:
         key = pl.concat_str(["exchange", "symbol"], separator=_SEP)
-    ids = raw.select(pl.when(pl.col("exchange").is_not_null()).then(key.cast(pl.Categorical).to_physical()))
-    return dense_codes(ids.to_series())[0]
+    return pl.when(pl.col("exchange").is_not_null()).then(key.cast(pl.Categorical).to_physical())
 
 
 def _narrow(raw: pl.DataFrame, derivatives: list[str]) -> tuple[pl.DataFrame, bool]:
     """The columns the rules need, in arrival order (topic, partition, offset), with `_row` pointing back into `raw`
-    and `_g` the group id; and whether that is raw's own row order (the usual case). All the logic runs on this;
-    wide columns (strings, lists, bytes) are gathered once per output at the end."""
+    and `_g` the group id (dense, rows without a group last); and whether that is raw's own row order (the usual
+    case). All the logic runs on this; wide columns (strings, lists, bytes) are gathered once per output at the end.
+    """
     derivative = pl.col("symbol").is_in(derivatives).fill_null(False) if derivatives else pl.lit(False)
+    # One select: polars computes its columns in parallel (the categorical ids are the costly one).
     narrow = raw.select(
         pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"),
         "exchange",
-        pl.Series("_g", _group_ids(raw)),
+        _group_key(raw).alias("_g"),
         "sequence",
         "exchange_ts",
         "price",
@@ -130,6 +130,7 @@ def _narrow(raw: pl.DataFrame, derivatives: list[str]) -> tuple[pl.DataFrame, bo
         pl.all_horizontal([pl.col(c).is_not_null() for c in [*KEY, "exchange_ts"]]).alias("_keyed"),
         derivative.alias("_derivative"),
     )
+    narrow = narrow.with_columns(pl.Series("_g", dense_codes(narrow["_g"])[0]))
     order = _arrival_order(raw)
     if order is not None:
         narrow = narrow[order]
