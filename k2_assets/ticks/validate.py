@@ -1,5 +1,5 @@
 """Validation of raw ticks: business rules, duplicates (inside the batch and against ticks already published),
-price anomalies. Pure polars, no I/O: the state carried across batches comes in as frames.
+price anomalies. polars and numpy, no I/O: the state carried across batches comes in as frames.
 
 Every raw row ends in exactly one of: validated ticks, quarantine (with reason codes), or counted duplicates.
 """
