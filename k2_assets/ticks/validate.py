@@ -189,8 +189,8 @@ def _reasons(verdicts: pl.DataFrame) -> pl.Series:
 @dataclass(frozen=True)
 class _Columns:
     """The columns of `narrow` the kernels use, as numpy arrays, in grouped order (rows of a symbol together, in
-    arrival order): a null, only ever on a row failing a rule, as 0 (`price_known` keeps where price was set); the
-    trading date as days since the epoch (int32, a Date's physical value)."""
+    arrival order): a null, only ever on a row failing a rule, as 0; the trading date as days since the epoch
+    (int32, a Date's physical value)."""
 
     arrival: np.ndarray  # position in `narrow` (arrival order)
     row: np.ndarray  # position in `raw`
@@ -199,8 +199,6 @@ class _Columns:
     seq: np.ndarray
     ts: np.ndarray
     price: np.ndarray
-    price_known: np.ndarray
-    derivative: np.ndarray
 
     @classmethod
     def grouped(cls, narrow: pl.DataFrame, rows: Grouped, in_raw_order: bool) -> _Columns:
@@ -217,8 +215,6 @@ class _Columns:
             ints("sequence"),
             ints("exchange_ts"),
             ints("price"),
-            narrow["price"].is_not_null().to_numpy()[at],
-            narrow["_derivative"].to_numpy()[at],
         )
 
 
@@ -259,7 +255,8 @@ def validate(
     where "earlier tick of this symbol" is a neighbour: linear passes instead of hashes and windows.
     """
     rules = rules or Rules(derivative_symbols=derivative_symbols)
-    narrow, in_raw_order = _narrow(raw, list(rules.derivative_symbols | derivative_symbols))
+    derivatives = list(rules.derivative_symbols | derivative_symbols)
+    narrow, in_raw_order = _narrow(raw, derivatives)
     failing = _rule_verdicts(narrow, rules, now_us)
     failed = narrow.filter(failing["_failing"]).select(
         "_row", "arrival", _reasons(failing.filter("_failing")), pl.lit(None, pl.String).alias("_detail")
@@ -291,7 +288,8 @@ def validate(
     price = cols.price[kept]
     anomaly, reference = flag_grouped(price, starts, carried[kept_group[starts]], rules.anomaly_bps)
     # Derivatives are exempt: their prices may sit at or cross zero, where a relative jump means nothing.
-    anomaly &= ~cols.derivative[kept]
+    if derivatives:
+        anomaly &= ~narrow["_derivative"].to_numpy()[cols.arrival[kept]]
     valid = np.zeros(len(kept), dtype=bool)
     valid[kept] = ~anomaly
 
@@ -330,7 +328,7 @@ def validate(
         duplicates=pl.concat(
             [raw.select(SOURCE_COLUMNS)[duplicates["_row"]], duplicates.select("duplicate_of")], how="horizontal"
         ),
-        received=_received(cols, failing["_keyed"].to_numpy()[rows.order] | kept, valid, groups),
+        received=_received(narrow, cols, failing["_keyed"].to_numpy()[rows.order], kept, valid, groups),
     )
 
 
@@ -344,16 +342,26 @@ def _quarantine(raw: pl.DataFrame, flagged: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _received(cols: _Columns, tracked: np.ndarray, valid: np.ndarray, groups: pl.DataFrame) -> pl.DataFrame:
-    """What the sequence tracker sees: every decoded row with a key that is not a duplicate (`tracked`), valid or
-    not, grouped per symbol in arrival order. Names come from the small group table as categoricals: no string
-    gathered per row."""
+def _received(
+    narrow: pl.DataFrame,
+    cols: _Columns,
+    keyed_failing: np.ndarray,
+    kept: np.ndarray,
+    valid: np.ndarray,
+    groups: pl.DataFrame,
+) -> pl.DataFrame:
+    """What the sequence tracker sees: every decoded row with a key that is not a duplicate (kept rows, and rows
+    failing a rule that still have a key), valid or not, grouped per symbol in arrival order. Names come from the
+    small group table as categoricals: no string gathered per row."""
+    tracked = keyed_failing | kept
     group = cols.group[tracked]
     names = groups.select(pl.col("exchange", "symbol").cast(pl.Categorical))  # row i is group id i
     price = pl.Series("price", cols.price[tracked])
-    price_known = cols.price_known[tracked]
-    if not price_known.all():  # a row failing a rule may lack a price: it stays null
-        price = pl.select(pl.when(pl.Series(price_known)).then(price)).to_series()
+    # Only a row failing a rule can lack a price (it stays null): look at those few.
+    failing_at = np.flatnonzero(keyed_failing)
+    no_price = narrow["price"].is_null().to_numpy()[cols.arrival[failing_at]]
+    if no_price.any():
+        price = price.scatter(np.searchsorted(np.flatnonzero(tracked), failing_at[no_price]), None)
     return pl.DataFrame(
         {
             "exchange": names["exchange"].gather(group),
