@@ -61,14 +61,13 @@ class SequenceRows:
         self.has_base, self.base = has_base, base
         self.day = grouped.take(received["trading_date"].cast(pl.Int32).to_numpy())
         n = len(seq)
-        # Feeds deliver sequences ascending, so the grouped rows usually are sorted already: checked, not sorted.
-        same_segment = (group[1:] == group[:-1]) & (epoch[1:] == epoch[:-1])
-        if bool((seq[1:] >= seq[:-1])[same_segment].all()):
-            g, e, s, order = group, epoch, seq, None
-        else:
-            keys = pl.DataFrame({"g": group, "e": epoch, "s": seq})
-            order = keys.select(pl.arg_sort_by("g", "e", "s", maintain_order=True)).to_series().to_numpy()
-            g, e, s = group[order], epoch[order], seq[order]
+        # Feeds deliver sequences ascending, so the grouped rows usually are sorted already: checked, and only the
+        # (symbol, epoch) segments with a late arrival are sorted.
+        segment_start = np.ones(n, dtype=bool)
+        segment_start[1:] = (group[1:] != group[:-1]) | (epoch[1:] != epoch[:-1])
+        drops = np.flatnonzero((seq[1:] < seq[:-1]) & ~segment_start[1:]) + 1
+        order = None if not len(drops) else _sorted_segments(segment_start, seq, drops)
+        g, e, s = (group, epoch, seq) if order is None else (group[order], epoch[order], seq[order])
         distinct = np.ones(n, dtype=bool)
         distinct[1:] = (g[1:] != g[:-1]) | (e[1:] != e[:-1]) | (s[1:] != s[:-1])
         # The first arrival of each key, keys ascending (a slice, no copies, when that is every row in order).
@@ -205,3 +204,18 @@ def fills(candidates: pl.DataFrame, open_gaps: pl.DataFrame, now_us: int) -> tup
         .sort(*GROUP, "epoch", "first_missing")
     )
     return updated, matched.height
+
+
+def _sorted_segments(segment_start: np.ndarray, seq: np.ndarray, drops: np.ndarray) -> np.ndarray:
+    """An order of the rows that sorts each segment holding a drop (`drops`: positions whose sequence is below its
+    predecessor's in the same segment) by sequence, stably, and leaves every other row where it is. Segments are
+    contiguous, so sorting the affected rows by (segment, sequence) keeps each inside its own block."""
+    segment = np.cumsum(segment_start) - 1
+    affected = np.zeros(int(segment[-1]) + 1, dtype=bool)
+    affected[segment[drops]] = True
+    rows = np.flatnonzero(affected[segment])
+    keys = pl.DataFrame({"segment": segment[rows], "seq": seq[rows]})
+    within = keys.select(pl.arg_sort_by("segment", "seq", maintain_order=True)).to_series().to_numpy()
+    order = np.arange(len(seq))
+    order[rows] = rows[within]
+    return order
