@@ -205,17 +205,34 @@ def run_suite(
 
     In the GE worker process when `prewarm` started one, else here. `defer_docs`: with the worker, return once the
     results are stored and let it build the Data Docs meanwhile; dq_worker.wait_docs() waits for them."""
+    return submit_suite(
+        name, frame, parameters, run_name=run_name, docs_dir=docs_dir, suites_dir=suites_dir, defer_docs=defer_docs
+    )()
+
+
+def submit_suite(
+    name: str,
+    frame: pd.DataFrame,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    run_name: str,
+    docs_dir: Path | None = None,
+    suites_dir: Path = SUITES_DIR,
+    defer_docs: bool = False,
+) -> Callable[[], SuiteOutcome]:
+    """run_suite, started: the returned function waits for the outcome. With the GE worker the caller can work
+    meanwhile; without it the suite has already run here."""
     from k2_assets.serving import dq_worker
 
     worker = dq_worker.current()
     if worker is not None:
         request = {"name": name, "frame": frame, "parameters": dict(parameters or {}), "run_name": run_name}
-        outcome: SuiteOutcome = worker.run(
+        pending: Callable[[], SuiteOutcome] = worker.submit(
             {**request, "docs_dir": docs_dir, "suites_dir": suites_dir, "defer_docs": defer_docs}
         )
-        return outcome
+        return pending
     outcome, _ = validate_here(name, frame, parameters, run_name=run_name, docs_dir=docs_dir, suites_dir=suites_dir)
-    return outcome
+    return lambda: outcome
 
 
 def validate_here(

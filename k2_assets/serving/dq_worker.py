@@ -15,11 +15,14 @@ has no passing result, so nothing is published.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pickle
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +31,17 @@ from k2_resources.errors import QualityGateError
 _ROOT = Path(__file__).resolve().parents[2]
 
 
+@dataclass
+class _Slot:
+    """A reply still to come: of a warm-up, a suite run, or a deferred Data Docs build, in the order sent."""
+
+    kind: str
+    reply: tuple[bool, Any] | None = None
+
+
 class SuiteWorker:
     """The client side: requests and replies are pickles over the worker's stdin and stdout, one reply per request
-    plus one per deferred Data Docs build (`_owed`, oldest first)."""
+    plus one per deferred Data Docs build (`_owed`, oldest first). `submit` lets the caller work meanwhile."""
 
     def __init__(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)}
@@ -40,7 +51,7 @@ class SuiteWorker:
             stdout=subprocess.PIPE,
             env=env,
         )
-        self._owed: list[str] = []
+        self._owed: list[_Slot] = []
         self._lock = threading.Lock()
 
     def alive(self) -> bool:
@@ -65,39 +76,52 @@ class SuiteWorker:
             ) from exc
         return reply
 
-    def _drain(self) -> None:
-        while self._owed:
-            kind = self._owed.pop(0)
-            ok, value = self._receive()
-            if not ok and kind == "docs":
-                raise value  # a Data Docs build failed: the compliance report is missing a run
-            # A failed warm-up is left for the next suite run to report, with its context.
+    def _next(self) -> None:
+        """Read the reply the oldest owed slot is waiting for."""
+        slot = self._owed.pop(0)
+        slot.reply = self._receive()
+        if slot.kind == "docs" and not slot.reply[0]:
+            raise slot.reply[1]  # a Data Docs build failed: the compliance report is missing a run
+        # A failed warm-up is left for the next suite run to report, with its context.
 
     def warm(self, names: tuple[str, ...], docs_dir: Path | None, suites_dir: Path) -> None:
         with self._lock:
             self._send(("warm", names, docs_dir, suites_dir))
-            self._owed.append("warm")
+            self._owed.append(_Slot("warm"))
 
-    def run(self, request: dict[str, Any]) -> Any:
-        """A SuiteOutcome for dq_suites.run_suite's arguments (`request`)."""
+    def submit(self, request: dict[str, Any]) -> Callable[[], Any]:
+        """Send dq_suites.run_suite's arguments (`request`) now; the returned function waits for the SuiteOutcome."""
         with self._lock:
-            self._drain()
             self._send(("run", request))
-            ok, value = self._receive()
+            slot = _Slot("result")
+            self._owed.append(slot)
+            if request["defer_docs"] and request["docs_dir"] is not None:
+                self._owed.append(_Slot("docs"))  # the worker always answers a deferred build, even after a failure
+
+        def result() -> Any:
+            with self._lock:
+                while slot.reply is None:
+                    self._next()
+            ok, value = slot.reply
             if not ok:
                 raise value
-            if request["defer_docs"] and request["docs_dir"] is not None:
-                self._owed.append("docs")
             return value
+
+        return result
+
+    def run(self, request: dict[str, Any]) -> Any:
+        return self.submit(request)()
 
     def wait_docs(self) -> None:
         with self._lock:
-            self._drain()
+            while self._owed:
+                self._next()
 
     def close(self) -> None:
         # Closing stdin lets the worker finish what it was asked (Data Docs included) and exit.
         if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
+            with contextlib.suppress(OSError):  # a dead worker: nothing left to tell it
+                self.proc.stdin.close()
 
 
 _WORKER: SuiteWorker | None = None
@@ -159,18 +183,18 @@ def _serve() -> None:
             continue
         request: dict[str, Any] = args[0]
         defer = bool(request.pop("defer_docs")) and request["docs_dir"] is not None
+        build_docs = None
         try:
             outcome, build_docs = dq_suites.validate_here(**request, docs_now=not defer)
+            reply(True, outcome)
         except QualityGateError as exc:
             reply(False, exc)
-            continue
         except Exception as exc:  # noqa: BLE001 - typed for the caller
             reply(False, QualityGateError(f"GE suite {request['name']!r} failed: {type(exc).__name__}: {exc}"))
-            continue
-        reply(True, outcome)
-        if defer:
+        if defer:  # the client waits for this answer whatever happened above
             try:
-                build_docs()
+                if build_docs is not None:
+                    build_docs()
                 reply(True, None)
             except Exception as exc:  # noqa: BLE001 - typed for the caller
                 reply(False, QualityGateError(f"Data Docs of {request['name']!r} failed: {type(exc).__name__}: {exc}"))

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -155,14 +155,38 @@ def prewarm_gate(config: GateConfig) -> None:
     prewarm((TICKS_SUITE, BATCH_SUITE), config.docs_dir)
 
 
-def check_batch(staged: pl.DataFrame, counts: BatchCounts, config: GateConfig, *, run_name: str) -> GateResult:
-    """Run both suites on the staged batch; build Data Docs when `config.docs_dir` is set."""
+def submit_batch_suite(counts: BatchCounts, config: GateConfig, *, run_name: str) -> Callable[[], SuiteOutcome]:
+    """Start the `ticks_batch` suite (the batch's accounting): with the GE worker it runs while the caller reads the
+    staged rows back for the `ticks` suite."""
+    from k2_assets.serving.dq_suites import submit_suite
+
+    return submit_suite(
+        BATCH_SUITE,
+        batch_frame(counts),
+        {"quarantine_ceiling": config.quarantine_ceiling},
+        run_name=run_name,
+        docs_dir=config.docs_dir,
+        defer_docs=config.defer_docs,
+    )
+
+
+def check_batch(
+    staged: pl.DataFrame,
+    counts: BatchCounts,
+    config: GateConfig,
+    *,
+    run_name: str,
+    batch_suite: Callable[[], SuiteOutcome] | None = None,
+) -> GateResult:
+    """Run both suites on the staged batch (`batch_suite`: the ticks_batch one, already submitted); build Data
+    Docs when `config.docs_dir` is set."""
     from k2_assets.serving.dq_suites import run_suite
 
     days = staged.select("exchange", trading_dates(staged)).unique().drop_nulls()
     session_open, session_close = session_window(days.iter_rows(), config.session_grace_us)
     row_params = {"session_open_us": session_open, "session_close_us": session_close}
     batch_params = {"quarantine_ceiling": config.quarantine_ceiling}
+    pending = batch_suite or submit_batch_suite(counts, config, run_name=run_name)
     rows = run_suite(
         TICKS_SUITE,
         ticks_frame(staged, config.derivative_symbols),
@@ -171,12 +195,4 @@ def check_batch(staged: pl.DataFrame, counts: BatchCounts, config: GateConfig, *
         docs_dir=config.docs_dir,
         defer_docs=config.defer_docs,
     )
-    batch = run_suite(
-        BATCH_SUITE,
-        batch_frame(counts),
-        batch_params,
-        run_name=run_name,
-        docs_dir=config.docs_dir,
-        defer_docs=config.defer_docs,
-    )
-    return GateResult((rows, batch), {**row_params, **batch_params})
+    return GateResult((rows, pending()), {**row_params, **batch_params})

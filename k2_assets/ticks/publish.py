@@ -26,7 +26,7 @@ from k2_assets.ticks import handover
 from k2_assets.ticks.commits import commit_replacing
 from k2_assets.ticks.dlq import COLUMNS as DLQ_COLUMNS
 from k2_assets.ticks.dlq import DeadLetterSink
-from k2_assets.ticks.gate import BatchCounts, GateConfig, GateResult, check_batch
+from k2_assets.ticks.gate import BatchCounts, GateConfig, GateResult, check_batch, submit_batch_suite
 from k2_assets.ticks.planning import batch_key, plan_ranges, slowest_watermark
 from k2_assets.ticks.sequences import SequenceResult, track_sequences
 from k2_assets.ticks.state import BatchState, batch_starts, load_state
@@ -259,10 +259,11 @@ def _publish_batch(
     gate: GateResult | None = None
     if staged is not None and config.gate_enabled:
         mark = time.perf_counter()
+        counts = _counts(rows_in, validation, staged)
+        batch_suite = submit_batch_suite(counts, config.gate, run_name=batch_id)  # runs while the rows are read
         staged_rows = pl.from_arrow(to_integer_space(read_staged(tables.ticks, staged)))
         assert isinstance(staged_rows, pl.DataFrame)
-        counts = _counts(rows_in, validation, staged)
-        gate = check_batch(staged_rows, counts, config.gate, run_name=batch_id)
+        gate = check_batch(staged_rows, counts, config.gate, run_name=batch_id, batch_suite=batch_suite)
         record_results(
             tables.dq_results,
             results_frame(

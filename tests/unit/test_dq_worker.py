@@ -64,7 +64,7 @@ def test_the_worker_answers_like_this_process_and_defers_the_docs_until_waited_f
         remote = dq_suites.run_suite(
             BATCH_SUITE, frame, params, run_name=f"remote-{rate}", docs_dir=docs, defer_docs=True
         )
-        assert worker._owed == ["docs"]  # answered before its Data Docs were built
+        assert [s.kind for s in worker._owed] == ["docs"]  # answered before its Data Docs were built
         dq_worker.wait_docs()
         assert worker._owed == []
         assert docs_pages(docs, f"remote-{rate}")  # built, and complete once wait_docs returned
@@ -104,3 +104,27 @@ def test_a_dead_worker_fails_the_gate_and_nothing_is_published(tmp_path: Path, w
     main = tables.ticks.current_snapshot()
     assert main is None or main.summary is None or main.summary.additional_properties.get("k2.batch-id") != "b"
     assert iceberg.load("ticks").scan().to_arrow().num_rows == 0
+
+
+def test_suites_submitted_together_come_back_to_their_callers_in_any_order(
+    tmp_path: Path, worker: dq_worker.SuiteWorker
+) -> None:
+    docs = tmp_path / "docs"
+    params = {"quarantine_ceiling": 0.1}
+    first = dq_suites.submit_suite(BATCH_SUITE, batch(100, 50), params, run_name="a", docs_dir=docs, defer_docs=True)
+    second = dq_suites.submit_suite(BATCH_SUITE, batch(100, 1), params, run_name="b", docs_dir=docs, defer_docs=True)
+    assert second().success and not first().success
+    dq_worker.wait_docs()
+    assert docs_pages(docs, "a") and docs_pages(docs, "b")
+
+
+def test_a_failing_suite_with_deferred_docs_neither_hangs_nor_shifts_later_answers(
+    tmp_path: Path, worker: dq_worker.SuiteWorker
+) -> None:
+    docs = tmp_path / "docs"
+    with pytest.raises(QualityGateError, match="no_such_suite"):
+        dq_suites.run_suite("no_such_suite", batch(1, 0), run_name="x", docs_dir=docs, defer_docs=True)
+    after = dq_suites.run_suite(BATCH_SUITE, batch(10, 0), {"quarantine_ceiling": 0.1}, run_name="y", docs_dir=docs)
+    assert after.success and after.suite.startswith(BATCH_SUITE)
+    dq_worker.wait_docs()
+    assert worker._owed == []
