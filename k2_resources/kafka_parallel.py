@@ -3,8 +3,9 @@
 Consuming is Python-bound (confluent-kafka builds a Message object per record while holding the GIL) and so is the
 columnar Avro decode: in one process a million ticks take ~4 s of one core, and threads do not help. Worker
 processes split the partitions and use every core; each returns its decoded rows as an Arrow IPC file the caller
-memory-maps. The workers are long-lived `python -m k2_resources.kafka_parallel` processes that import only this module (no
-Dagster, no pyiceberg), started once per process.
+memory-maps. The workers are long-lived `python -m k2_resources.kafka_parallel` processes that import only this
+module (no Dagster, no pyiceberg; multiprocessing would import the parent's __main__ in each), started once per
+process. On a 2-vCPU box 1M ticks take ~3 s this way instead of ~4.8 s in process.
 
 Nothing here commits anything: the caller checks that every planned offset came back exactly once and commits
 through the exactly-once writer as before. A worker that fails raises its own error in the caller; one that dies
