@@ -29,28 +29,12 @@ from k2_resources.errors import (
     SnapshotNotFoundError,
     TableNotFoundError,
 )
+from k2_resources.offsets import OffsetRange, Watermarks
 from k2_resources.tables import ALL_TABLES, TableDef
 
 WATERMARK_PROPERTY = "k2.kafka.watermarks"
 BATCH_PROPERTY = "k2.batch-id"
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, order=True)
-class OffsetRange:
-    """Kafka offsets [start, stop) of one partition."""
-
-    topic: str
-    partition: int
-    start: int
-    stop: int
-
-    @property
-    def size(self) -> int:
-        return max(0, self.stop - self.start)
-
-
-Watermarks = dict[str, dict[int, int]]  # topic -> partition -> next offset to commit
 
 
 def open_catalog(

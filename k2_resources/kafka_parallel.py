@@ -24,7 +24,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,8 @@ import pyarrow.compute as pc
 
 from k2_resources.avro import decode_column
 from k2_resources.errors import BatchFailedError
-from k2_resources.kafka_read import Range, read_records
+from k2_resources.kafka_read import read_records
+from k2_resources.offsets import OffsetRange
 from k2_resources.schemas import SchemaStore
 
 # Below this many records the in-process read wins: a worker round trip costs tens of milliseconds.
@@ -43,20 +43,6 @@ PARALLEL_MIN_RECORDS = 200_000
 
 class IngestWorkerError(BatchFailedError):
     """A Kafka read worker process died; nothing was committed, re-run the batch."""
-
-
-@dataclass(frozen=True)
-class WorkerRange:
-    """A picklable offset range for the workers (OffsetRange lives in a module that imports pyiceberg)."""
-
-    topic: str
-    partition: int
-    start: int
-    stop: int
-
-    @property
-    def size(self) -> int:
-        return max(0, self.stop - self.start)
 
 
 def decode_records(records: pa.Table, store: SchemaStore, landed_ts_us: int) -> pa.Table:
@@ -76,7 +62,7 @@ def decode_records(records: pa.Table, store: SchemaStore, landed_ts_us: int) -> 
 def _read_and_decode(
     bootstrap: str,
     group: str,
-    ranges: list[WorkerRange],
+    ranges: list[OffsetRange],
     timeout_s: float,
     store: SchemaStore,
     landed_ts_us: int,
@@ -152,15 +138,15 @@ def _stop_workers() -> None:
     _WORKERS.clear()
 
 
-def split_ranges(ranges: Sequence[Range], parts: int) -> list[list[WorkerRange]]:
+def split_ranges(ranges: Sequence[OffsetRange], parts: int) -> list[list[OffsetRange]]:
     """Up to `parts` groups of whole partitions, contiguous in (topic, partition) order and of similar size, so
     concatenating the groups' results keeps the (topic, partition, offset) order of a single read."""
     todo = sorted(
-        (WorkerRange(r.topic, r.partition, r.start, r.stop) for r in ranges if r.size > 0),
+        (r for r in ranges if r.size > 0),
         key=lambda r: (r.topic, r.partition, r.start),
     )
     total = sum(r.size for r in todo)
-    groups: list[list[WorkerRange]] = []
+    groups: list[list[OffsetRange]] = []
     done = 0
     for r in todo:
         # Start a new group once this one has its share of the records.
@@ -174,7 +160,7 @@ def split_ranges(ranges: Sequence[Range], parts: int) -> list[list[WorkerRange]]
 def read_decoded(
     bootstrap: str,
     group: str,
-    ranges: Sequence[Range],
+    ranges: Sequence[OffsetRange],
     timeout_s: float,
     store: SchemaStore,
     landed_ts_us: int,

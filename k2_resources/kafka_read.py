@@ -6,13 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2_resources.errors import BrokerUnavailableError
+from k2_resources.offsets import OffsetRange
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -24,21 +25,6 @@ RECORD_SCHEMA = pa.schema(
         ("value", pa.binary()),
     ]
 )
-
-
-class Range(Protocol):
-    """Kafka offsets [start, stop) of one partition (k2_resources.iceberg.OffsetRange is one)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def start(self) -> int: ...
-    @property
-    def stop(self) -> int: ...
-    @property
-    def size(self) -> int: ...
 
 
 def consumer_config(bootstrap_servers: str, group: str) -> dict[str, Any]:
@@ -55,7 +41,7 @@ def consumer_config(bootstrap_servers: str, group: str) -> dict[str, Any]:
     }
 
 
-def read_records(bootstrap_servers: str, group: str, ranges: Sequence[Range], timeout_s: float) -> pa.Table:
+def read_records(bootstrap_servers: str, group: str, ranges: Sequence[OffsetRange], timeout_s: float) -> pa.Table:
     """Every record in `ranges`, as RECORD_SCHEMA rows in (topic, partition, offset) order."""
     from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 

@@ -98,7 +98,5 @@ def test_partitions_are_split_into_contiguous_groups_of_similar_size() -> None:
     ranges = [OffsetRange("t", p, 0, size) for p, size in enumerate([100, 100, 100, 100, 400, 0])]
     groups = split_ranges(ranges, 2)
     assert [[r.partition for r in g] for g in groups] == [[0, 1, 2, 3], [4]]
-    assert split_ranges(ranges, 1) == [
-        [kafka_parallel.WorkerRange("t", p, 0, s) for p, s in enumerate([100] * 4 + [400])]
-    ]
+    assert split_ranges(ranges, 1) == [[OffsetRange("t", p, 0, s) for p, s in enumerate([100] * 4 + [400])]]
     assert split_ranges([], 2) == []
