@@ -82,9 +82,14 @@ class Keys:
         first[1:] = keys[1:] > running[:-1]  # above every earlier key of the group (earlier groups' keys are smaller)
         if first.all():
             return first
-        suspects = pl.Series(keys).is_in(pl.Series(np.unique(keys[~first])).implode()).to_numpy()
-        at = np.flatnonzero(suspects)
-        first[at] = pl.Series(keys[at]).is_first_distinct().to_numpy()
+        # A row at or below the running maximum repeats an earlier key if that key set a new maximum (all of those
+        # came before it, and they are ascending: a binary search finds them) or belongs to an earlier such row.
+        suspects = np.flatnonzero(~first)
+        maxima = keys[first]
+        suspect_keys = keys[suspects]
+        found = np.searchsorted(maxima, suspect_keys)
+        repeats_maximum = maxima[np.minimum(found, len(maxima) - 1)] == suspect_keys
+        first[suspects] = ~repeats_maximum & pl.Series(suspect_keys).is_first_distinct().to_numpy()
         return first
 
     def published_before(self, at: np.ndarray, seen: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:

@@ -371,7 +371,7 @@ def _received(
             "trading_date": pl.Series(cols.day[tracked]).cast(pl.Date),
             "price": price,
             "valid": valid[tracked],
-            "arrival": pl.Series(cols.arrival[tracked]).cast(pl.UInt32),
+            "arrival": cols.arrival[tracked],
             "_g": group,
         }
     )
