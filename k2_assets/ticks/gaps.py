@@ -57,7 +57,6 @@ class SequenceRows:
         base: np.ndarray,
     ) -> None:
         self.received, self.grouped, self.group, self.seq, self.epoch = received, grouped, group, seq, epoch
-        self.at = grouped.order
         self.has_base, self.base = has_base, base
         self.day = grouped.take(received["trading_date"].cast(pl.Int32).to_numpy())
         n = len(seq)

@@ -78,9 +78,9 @@ def empty_state() -> pl.DataFrame:
     return pl.DataFrame(schema=STATE_SCHEMA)
 
 
-def _grouped(received: pl.DataFrame) -> tuple[Grouped, np.ndarray]:
-    """The rows grouped per (exchange, symbol) in arrival order, and the group id of every input row. validate()
-    delivers them so (then this is a check); other callers' rows are sorted here."""
+def _grouped(received: pl.DataFrame) -> Grouped:
+    """The rows grouped per (exchange, symbol) in arrival order. validate() delivers them so (then this is a check);
+    other callers' rows are sorted here."""
     if "_g" in received.columns:
         codes = received["_g"].cast(pl.Int64).to_numpy()
     else:
@@ -89,10 +89,10 @@ def _grouped(received: pl.DataFrame) -> tuple[Grouped, np.ndarray]:
     arrival = received["arrival"].cast(pl.Int64).to_numpy()
     rows = Grouped.already(codes)
     if rows is not None and bool((np.diff(arrival)[rows.codes[1:] == rows.codes[:-1]] > 0).all()):
-        return rows, codes
+        return rows
     by_arrival = np.argsort(arrival, kind="stable")
     regroup = Grouped.of(codes[by_arrival])
-    return Grouped(by_arrival[regroup.order], regroup.codes), codes
+    return Grouped(by_arrival[regroup.order], regroup.codes)
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def track_sequences(
     open_gaps = empty_gaps() if open_gaps is None else open_gaps.select(list(GAP_SCHEMA)).cast(pl.Schema(GAP_SCHEMA))
     if received.is_empty():
         return SequenceResult(empty_gaps(), empty_gaps(), state, 0)
-    grouped, _ = _grouped(received)
+    grouped = _grouped(received)
     starts = grouped.starts()
     group = np.cumsum(starts) - 1  # group number of each grouped row
     before = _Before.of(received, grouped.order[starts], state)
@@ -216,7 +216,7 @@ def _next_state(
     last_valid = np.concatenate(([-1], valid_at))[np.searchsorted(valid_at, ends, side="right")]
     has_valid = pl.Series(last_valid >= heads)
     ts, price = rows.received["exchange_ts"].cast(pl.Int64), rows.received["price"].cast(pl.Int64)
-    at_valid = rows.at[np.maximum(last_valid, 0)]
+    at_valid = rows.grouped.order[np.maximum(last_valid, 0)]
     per_symbol = pl.DataFrame(
         {
             "_g": np.arange(len(heads)),
@@ -224,7 +224,7 @@ def _next_state(
             "trading_date": pl.Series(rows.day[ends]).cast(pl.Date),
             "_batch_max": highest,
             "last_arrival_sequence": rows.seq[ends],
-            "last_arrival_ts": ts.gather(rows.at[ends]),
+            "last_arrival_ts": ts.gather(rows.grouped.order[ends]),
             "_price": pl.select(pl.when(has_valid).then(price.gather(at_valid))).to_series(),
             "_price_ts": pl.select(pl.when(has_valid).then(ts.gather(at_valid))).to_series(),
         }
