@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from k2_assets.ticks.kernels import group_order
+
 _INT63 = 2**63 - 1
 
 
@@ -30,11 +32,16 @@ def grouped_time_order(frame: pl.DataFrame, group: pl.Expr, ts: str, tiebreak: s
 
 
 def stable_group_order(codes: pl.Series | np.ndarray) -> np.ndarray:
-    """Positions that put equal non-negative integer codes together, keeping the input order among equals. numpy's
-    stable sort is a radix sort on 16-bit keys: ~10x cheaper than a stable polars sort of a million rows."""
+    """Positions that put equal non-negative integer codes together in code order, keeping the input order among
+    equals. Dense codes (dense_codes) take a compiled counting sort, ~10x cheaper than numpy's stable radix sort;
+    sparse ones (a code far above the row count) the radix sort."""
     values = codes.to_numpy() if isinstance(codes, pl.Series) else codes
-    narrow = values.astype(np.uint16) if len(values) and values.max() < 2**16 else values
-    return np.argsort(narrow, kind="stable")
+    if not len(values):
+        return np.zeros(0, dtype=np.int64)
+    top = int(values.max())
+    if top < 4 * len(values) + 1024:
+        return group_order(values.astype(np.int64, copy=False), top + 1)
+    return np.argsort(values, kind="stable")
 
 
 def dense_codes(ids: pl.Series) -> tuple[np.ndarray, int]:

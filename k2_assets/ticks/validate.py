@@ -12,8 +12,9 @@ import numpy as np
 import polars as pl
 
 from k2_assets.bars.session import OUTSIDE_SESSION
-from k2_assets.ticks.anomaly import NO_REF, flag_grouped
+from k2_assets.ticks.anomaly import flag_grouped
 from k2_assets.ticks.dedup import Keys
+from k2_assets.ticks.kernels import NO_REF
 from k2_assets.ticks.ordering import Grouped, dense_codes
 from k2_assets.ticks.sessions import exchange_codes, outside_session_mask, trading_dates
 
@@ -268,7 +269,7 @@ def validate(
     cols = _Columns.grouped(narrow, rows, in_raw_order)
     groups = _group_names(raw, cols, rows)
     passing = ~failing["_failing"].to_numpy()[rows.order]
-    keys = Keys.of(cols.group[passing], cols.day[passing], cols.seq[passing])
+    keys = Keys(cols.group[passing], cols.day[passing], cols.seq[passing])
     first = keys.first_occurrences()
     table_dup = np.zeros(len(first), dtype=bool)
     if seen_keys is not None and not seen_keys.is_empty():

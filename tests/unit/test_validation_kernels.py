@@ -39,13 +39,13 @@ def first_by_definition(group: np.ndarray, day: np.ndarray, seq: np.ndarray) -> 
     return out
 
 
-def test_first_occurrences_equal_the_first_arrival_of_each_key_packed_or_not() -> None:
+def test_first_occurrences_equal_the_first_arrival_of_each_key() -> None:
     rng = np.random.default_rng(3)
     for _ in range(300):
         group, day, seq = grouped_keys(rng, int(rng.integers(1, 200)), int(rng.integers(0, 20)))
         if rng.random() < 0.3:
-            seq = seq + rng.choice([0, 2**62], len(seq))  # cannot pack: the hashed path
-        keys = Keys.of(group, day, seq)
+            seq = seq + rng.choice([0, 2**62], len(seq))  # keys far apart
+        keys = Keys(group, day, seq)
         assert keys.first_occurrences().tolist() == first_by_definition(group, day, seq)
 
 
@@ -65,7 +65,7 @@ def test_published_before_is_membership_in_the_seen_keys() -> None:
         known = set(zip(*(a.tolist() for a in seen), strict=True))
         at = np.flatnonzero(rng.random(len(seq)) < 0.7)
         expected = [(int(group[i]), int(day[i]), int(seq[i])) in known for i in at]
-        assert Keys.of(group, day, seq).published_before(at, seen).tolist() == expected
+        assert Keys(group, day, seq).published_before(at, seen).tolist() == expected
 
 
 def test_dense_codes_renumber_in_id_order_with_nulls_last() -> None:
