@@ -35,7 +35,7 @@ class Keys:
         return first
 
     def published_before(self, at: np.ndarray, seen: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-        """For the rows at positions `at`: True where the key is one of `seen` (group, day, sequence arrays of keys
+        """For the rows at positions `at` (ascending): True where the key is one of `seen` (group, day, sequence arrays of keys
         already published, any order)."""
         if not len(at) or not len(seen[0]):
             return np.zeros(len(at), dtype=bool)
@@ -43,4 +43,4 @@ class Keys:
             np.asarray(k, dtype=mine.dtype) for k, mine in zip(seen, (self.group, self.day, self.seq), strict=True)
         )
         order = np.lexsort((seq, day, group))
-        return keys_in(self.group[at], self.day[at], self.seq[at], group[order], day[order], seq[order])
+        return keys_in(self.group, self.day, self.seq, at, group[order], day[order], seq[order])

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from k2_assets.ticks.ordering import Grouped
+from k2_assets.ticks.kernels import sequence_steps
+from k2_assets.ticks.received import GROUP, Received
 
 GAP = "gap"
 RESET = "reset"
-GROUP = ["exchange", "symbol"]
 
 GAP_SCHEMA: dict[str, pl.DataType] = {
     "gap_id": pl.String(),
@@ -43,64 +43,31 @@ def gap_id(last: pl.Expr) -> pl.Expr:
 
 
 class SequenceRows:
-    """The batch grouped per symbol in arrival order (numpy arrays), each row with its epoch and the highest
-    sequence carried from the state for that epoch, and the distinct (symbol, epoch, sequence) in ascending order."""
+    """The received rows (grouped per symbol in arrival order), each with its epoch and the highest sequence carried
+    from the state for that epoch (`base`, where `has_base`), and what one walk over their distinct keys in
+    ascending order finds (kernels.sequence_steps): the rows that open a gap and the late arrivals."""
 
-    def __init__(
-        self,
-        received: pl.DataFrame,
-        grouped: Grouped,
-        group: np.ndarray,
-        seq: np.ndarray,
-        epoch: np.ndarray,
-        has_base: np.ndarray,
-        base: np.ndarray,
-    ) -> None:
-        self.received, self.grouped, self.group, self.seq, self.epoch = received, grouped, group, seq, epoch
-        self.has_base, self.base = has_base, base
-        self.day = grouped.take(received["trading_date"].cast(pl.Int32).to_numpy())
-        n = len(seq)
+    def __init__(self, received: Received, epoch: np.ndarray, has_base: np.ndarray, base: np.ndarray) -> None:
+        self.group, self.seq, self.day, self.epoch = received.group, received.seq, received.day, epoch
+        group, seq, n = self.group, self.seq, received.height
         # Feeds deliver sequences ascending, so the grouped rows usually are sorted already: checked, and only the
         # (symbol, epoch) segments with a late arrival are sorted.
         segment_start = np.ones(n, dtype=bool)
         segment_start[1:] = (group[1:] != group[:-1]) | (epoch[1:] != epoch[:-1])
         drops = np.flatnonzero((seq[1:] < seq[:-1]) & ~segment_start[1:]) + 1
-        order = None if not len(drops) else _sorted_segments(segment_start, seq, drops)
-        g, e, s = (group, epoch, seq) if order is None else (group[order], epoch[order], seq[order])
-        distinct = np.ones(n, dtype=bool)
-        distinct[1:] = (g[1:] != g[:-1]) | (e[1:] != e[:-1]) | (s[1:] != s[:-1])
-        # The first arrival of each key, keys ascending (a slice, no copies, when that is every row in order).
-        self.distinct: np.ndarray | slice = np.flatnonzero(distinct) if order is None else order[distinct]
-        if order is None and bool(distinct.all()):
-            self.distinct = slice(None)
-
-    def _where(self, mask: np.ndarray) -> np.ndarray:
-        """Positions (in the grouped rows) of the distinct keys where `mask` (over the distinct keys) holds."""
-        return np.flatnonzero(mask) if isinstance(self.distinct, slice) else self.distinct[mask]
+        order = np.arange(n) if not len(drops) else _sorted_segments(segment_start, seq, drops)
+        self.gap_at, self.gap_prev, self.below_at = sequence_steps(group, epoch, seq, has_base, base, order)
 
     def gaps(self, names: pl.DataFrame, stamp: list[pl.Expr]) -> pl.DataFrame:
         """Within an epoch, every hole between consecutive distinct sequences above the carried highest one."""
-        d = self.distinct
-        above = ~self.has_base[d] | (self.seq[d] > self.base[d])  # over the distinct keys
-        where = self._where(above)  # their positions in the grouped rows
-        g, e, s = self.group[d][above], self.epoch[d][above], self.seq[d][above]
-        segment_first = np.ones(len(s), dtype=bool)
-        segment_first[1:] = (g[1:] != g[:-1]) | (e[1:] != e[:-1])
-        # Only a segment's first key (compared with the carried highest sequence) or a jump can start a gap.
-        step = segment_first.copy()
-        step[1:] |= s[1:] - s[:-1] > 1
-        at = np.flatnonzero(step)
-        first = segment_first[at]
-        prev = np.where(first, self.base[where[at]], s[np.maximum(at - 1, 0)])
-        gap = np.where(first, self.has_base[where[at]], True) & (s[at] - prev > 1)
-        at = at[gap]
+        at = self.gap_at
         frame = pl.DataFrame(
             {
-                "_g": g[at],
-                "epoch": e[at],
-                "trading_date": pl.Series(self.day[where[at]]).cast(pl.Date),
-                "_prev_seq": prev[gap],
-                "sequence": s[at],
+                "_g": self.group[at],
+                "epoch": self.epoch[at],
+                "trading_date": pl.Series(self.day[at], dtype=pl.Int32).cast(pl.Date),
+                "_prev_seq": self.gap_prev,
+                "sequence": self.seq[at],
             }
         )
         return frame.join(names, on="_g", how="left").select(
@@ -121,9 +88,8 @@ class SequenceRows:
 
     def distinct_below(self) -> pl.DataFrame:
         """(_g, epoch, sequence) of distinct sequences below the carried highest one: candidates to fill a gap."""
-        d = self.distinct
-        below = self._where(self.has_base[d] & (self.seq[d] < self.base[d]))
-        return pl.DataFrame({"_g": self.group[below], "epoch": self.epoch[below], "sequence": self.seq[below]})
+        at = self.below_at
+        return pl.DataFrame({"_g": self.group[at], "epoch": self.epoch[at], "sequence": self.seq[at]})
 
 
 def resets(
@@ -140,7 +106,7 @@ def resets(
             "_g": rows.group[touched],
             "epoch": rows.epoch[touched],
             "sequence": rows.seq[touched],
-            "trading_date": pl.Series(rows.day[touched]).cast(pl.Date),
+            "trading_date": pl.Series(rows.day[touched], dtype=pl.Int32).cast(pl.Date),
             "_reset": reset[touched],
         }
     ).join(carried, on="_g", how="left", maintain_order="left")

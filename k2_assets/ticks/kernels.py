@@ -86,21 +86,34 @@ def keys_in(
     group: np.ndarray,
     day: np.ndarray,
     seq: np.ndarray,
+    at: np.ndarray,
     known_group: np.ndarray,
     known_day: np.ndarray,
     known_seq: np.ndarray,
 ) -> np.ndarray:
-    """True for each key (group, day, sequence) that is one of the known keys, which must be sorted by (group,
-    day, sequence): a binary search among the known keys of the row's group."""
-    out = np.zeros(len(group), dtype=np.bool_)
-    if not len(known_group):
+    """For the rows at positions `at` (ascending) of keys (group, day, sequence) grouped per symbol: True where the
+    key is one of the known keys, which must be sorted by (group, day, sequence). A merge of the two sorted runs
+    while a symbol's keys ascend (one comparison per row, the usual case); a key below the last one merged is
+    looked up by binary search."""
+    out = np.zeros(len(at), dtype=np.bool_)
+    if not len(known_group) or not len(at):
         return out
-    top = max(group.max(), known_group.max()) + 1 if len(group) else 0
+    top = max(group.max(), known_group.max()) + 1
     bounds = np.searchsorted(known_group, np.arange(top + 1))
-    for i in range(len(group)):
-        lo, hi = bounds[group[i]], bounds[group[i] + 1]
-        if lo < hi:
-            out[i] = _find(known_day, known_seq, lo, hi, day[i], seq[i])
+    j = end = 0
+    last = at[0]  # the row the merge last stood at
+    for i in range(len(at)):
+        row = at[i]
+        g, d, s = group[row], day[row], seq[row]
+        if i == 0 or g != group[last]:
+            j, end = bounds[g], bounds[g + 1]
+        elif _before(d, s, day[last], seq[last]):
+            out[i] = _find(known_day, known_seq, bounds[g], end, d, s)
+            continue
+        last = row
+        while j < end and _before(known_day[j], known_seq[j], d, s):
+            j += 1
+        out[i] = j < end and known_day[j] == d and known_seq[j] == s
     return out
 
 
@@ -128,3 +141,39 @@ def flag_jumps(
         else:
             ref = price[i]
     return anomaly, reference
+
+
+@_jit
+def sequence_steps(
+    group: np.ndarray, epoch: np.ndarray, seq: np.ndarray, has_base: np.ndarray, base: np.ndarray, order: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Walk the rows in `order`, which sorts each (group, epoch) segment by sequence (stably: first arrivals first),
+    once per distinct key. `base` is the highest sequence carried from before the batch where `has_base`.
+    Returns (gap_at, gap_prev, below_at): the rows whose sequence jumps by more than one above the previous distinct
+    sequence above the base (or above the base itself, for a segment's first), with that previous sequence; and the
+    rows of distinct sequences below the base (late arrivals, candidates to fill a gap)."""
+    n = len(order)
+    gap_at = np.empty(n, dtype=np.int64)
+    gap_prev = np.empty(n, dtype=np.int64)
+    below_at = np.empty(n, dtype=np.int64)
+    gaps = belows = 0
+    last = above = -1  # the previous distinct key's row; the previous one above the base
+    for k in range(n):
+        p = order[k]
+        if last >= 0 and group[p] == group[last] and epoch[p] == epoch[last] and seq[p] == seq[last]:
+            continue  # a repeat of the key just walked
+        last = p
+        if has_base[p] and seq[p] <= base[p]:
+            if seq[p] < base[p]:
+                below_at[belows] = p
+                belows += 1
+            continue
+        if above >= 0 and group[p] == group[above] and epoch[p] == epoch[above]:
+            if seq[p] - seq[above] > 1:
+                gap_at[gaps], gap_prev[gaps] = p, seq[above]
+                gaps += 1
+        elif has_base[p] and seq[p] - base[p] > 1:
+            gap_at[gaps], gap_prev[gaps] = p, base[p]
+            gaps += 1
+        above = p
+    return gap_at[:gaps], gap_prev[:gaps], below_at[:belows]

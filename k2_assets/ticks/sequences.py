@@ -21,14 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from k2_assets.ticks.gaps import GAP, GAP_SCHEMA, GROUP, RESET, SequenceRows, empty_gaps, fills, resets
-from k2_assets.ticks.ordering import Grouped, dense_codes
+from k2_assets.ticks.gaps import GAP, GAP_SCHEMA, RESET, SequenceRows, empty_gaps, fills, resets
+from k2_assets.ticks.received import GROUP, Received
 
 __all__ = [
     "GAP",
     "GAP_SCHEMA",
     "RESET",
     "STATE_SCHEMA",
+    "Received",
     "SequenceResult",
     "empty_gaps",
     "empty_state",
@@ -78,23 +79,6 @@ def empty_state() -> pl.DataFrame:
     return pl.DataFrame(schema=STATE_SCHEMA)
 
 
-def _grouped(received: pl.DataFrame) -> Grouped:
-    """The rows grouped per (exchange, symbol) in arrival order. validate() delivers them so (then this is a check);
-    other callers' rows are sorted here."""
-    if "_g" in received.columns:
-        codes = received["_g"].cast(pl.Int64).to_numpy()
-    else:
-        key = pl.concat_str([pl.col(c).cast(pl.String) for c in GROUP], separator="\x1f")
-        codes = dense_codes(received.select(key.cast(pl.Categorical).to_physical()).to_series())[0]
-    arrival = received["arrival"].cast(pl.Int64).to_numpy()
-    rows = Grouped.already(codes)
-    if rows is not None and bool((np.diff(arrival)[rows.codes[1:] == rows.codes[:-1]] > 0).all()):
-        return rows
-    by_arrival = np.argsort(arrival, kind="stable")
-    regroup = Grouped.of(codes[by_arrival])
-    return Grouped(by_arrival[regroup.order], regroup.codes)
-
-
 @dataclass(frozen=True)
 class _Before:
     """The carried state of each group of the batch, as arrays indexed by group number (0.. in grouped order)."""
@@ -111,9 +95,8 @@ class _Before:
     prev_ts_known: np.ndarray
 
     @classmethod
-    def of(cls, received: pl.DataFrame, heads: np.ndarray, state: pl.DataFrame) -> _Before:
-        names = received.select(GROUP)[heads].cast(dict.fromkeys(GROUP, pl.String))
-        names = names.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_g"))
+    def of(cls, received: Received, state: pl.DataFrame) -> _Before:
+        names = received.names.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_g"))
         joined = names.join(state.drop("trading_date"), on=GROUP, how="left", maintain_order="left")
 
         def values(column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +112,7 @@ class _Before:
 
 
 def track_sequences(
-    received: pl.DataFrame,
+    received: Received | pl.DataFrame,
     state: pl.DataFrame | None = None,
     open_gaps: pl.DataFrame | None = None,
     *,
@@ -138,32 +121,33 @@ def track_sequences(
     raw_snapshot_id: int | None = None,
     reset_drop: float = 0.5,
 ) -> SequenceResult:
-    """Gaps, fills, resets and the new state for one batch of `received` ticks (exchange, symbol, sequence,
-    exchange_ts, trading_date, price, valid, arrival), given the state and open gaps before it.
+    """Gaps, fills, resets and the new state for one batch of received ticks (validate()'s `Received`, or a frame
+    of RECEIVED_COLUMNS in any order), given the state and open gaps before it.
 
-    Every per-row step is a shift or a running sum over the rows grouped per symbol in arrival order; only the
-    outputs (gaps, resets, fills, one state row per symbol) are built as frames."""
+    Every per-row step is a shift, a running sum or one compiled walk over the rows grouped per symbol in arrival
+    order; only the outputs (gaps, resets, fills, one state row per symbol) are built as frames."""
     state = empty_state() if state is None else state.select(list(STATE_SCHEMA)).cast(pl.Schema(STATE_SCHEMA))
     open_gaps = empty_gaps() if open_gaps is None else open_gaps.select(list(GAP_SCHEMA)).cast(pl.Schema(GAP_SCHEMA))
-    if received.is_empty():
+    if isinstance(received, pl.DataFrame):
+        received = Received.of_frame(received)
+    if not received.height:
         return SequenceResult(empty_gaps(), empty_gaps(), state, 0)
-    grouped = _grouped(received)
-    starts = grouped.starts()
-    group = np.cumsum(starts) - 1  # group number of each grouped row
-    before = _Before.of(received, grouped.order[starts], state)
-    seq = grouped.take(received["sequence"].cast(pl.Int64).to_numpy())
-    ts_column = received["exchange_ts"].cast(pl.Int64)
-    ts, ts_known = grouped.take(ts_column.fill_null(0).to_numpy()), grouped.take(ts_column.is_not_null().to_numpy())
+    starts = received.starts()
+    group, seq, ts, ts_known = received.group, received.seq, received.ts, received.ts_known
+    before = _Before.of(received, state)
 
     # Reset: a drop of more than reset_drop below the previous arrival while the exchange time does not go back.
     heads = np.flatnonzero(starts)  # the state arrays are indexed by group number, i.e. in head order
     prev, prev_known = np.empty_like(seq), np.ones(len(seq), dtype=bool)
     prev[1:], prev[heads], prev_known[heads] = seq[:-1], before.prev, before.prev_known
-    prev_ts, prev_ts_known = np.empty_like(ts), np.empty_like(ts_known)
-    prev_ts[1:], prev_ts_known[1:] = ts[:-1], ts_known[:-1]
-    prev_ts[heads], prev_ts_known[heads] = before.prev_ts, before.prev_ts_known
     reset = prev_known & (seq.astype(np.float64) < prev.astype(np.float64) * (1.0 - reset_drop))
-    reset &= ts_known & prev_ts_known & (ts >= prev_ts)
+    candidates = np.flatnonzero(reset)  # few: only these need the exchange times
+    if len(candidates):
+        prev_ts, prev_ts_known = ts[candidates - 1], ts_known[candidates - 1]
+        first = starts[candidates]
+        prev_ts[first] = before.prev_ts[group[candidates[first]]]
+        prev_ts_known[first] = before.prev_ts_known[group[candidates[first]]]
+        reset[candidates] = ts_known[candidates] & prev_ts_known & (ts[candidates] >= prev_ts)
     state_epoch = epoch = before.epoch[group]
     same_epoch: np.ndarray | bool = True
     if reset.any():  # each reset starts a new epoch for the rest of its symbol's rows
@@ -174,7 +158,7 @@ def track_sequences(
     has_base = (before.known & before.top_known)[group] & same_epoch
     base = before.top[group]
 
-    rows = SequenceRows(received, grouped, group, seq, epoch, has_base, base)
+    rows = SequenceRows(received, epoch, has_base, base)
     stamp = [pl.lit(now_us, pl.Int64).alias("detected_at"), pl.lit(batch_id).alias("batch_id")]
     stamp.append(pl.lit(raw_snapshot_id, pl.Int64).alias("raw_snapshot_id"))
     opened = (
@@ -188,13 +172,14 @@ def track_sequences(
         .sort(*GROUP, "epoch", "received")
     )
     below = rows.distinct_below()
-    candidates = open_gaps.join(before.names, on=GROUP, how="inner")
-    filled, matched = fills(below, candidates, now_us)
-    new_state = _next_state(rows, reset, starts, before, state, now_us, batch_id)
+    candidates_gaps = open_gaps.join(before.names, on=GROUP, how="inner")
+    filled, matched = fills(below, candidates_gaps, now_us)
+    new_state = _next_state(received, rows, reset, starts, before, state, now_us, batch_id)
     return SequenceResult(opened, filled, new_state, below.height - matched)
 
 
 def _next_state(
+    received: Received,
     rows: SequenceRows,
     reset: np.ndarray,
     starts: np.ndarray,
@@ -211,21 +196,20 @@ def _next_state(
     # Epochs only grow inside a symbol: the last epoch's rows are the group's last segment.
     segments = np.flatnonzero(starts | reset)
     highest = np.maximum.reduceat(rows.seq, segments)[np.searchsorted(segments, ends, side="right") - 1]
-    valid = rows.grouped.take(rows.received["valid"].fill_null(False).to_numpy())
-    valid_at = np.flatnonzero(valid)
+    valid_at = np.flatnonzero(received.valid)
     last_valid = np.concatenate(([-1], valid_at))[np.searchsorted(valid_at, ends, side="right")]
     has_valid = pl.Series(last_valid >= heads)
-    ts, price = rows.received["exchange_ts"].cast(pl.Int64), rows.received["price"].cast(pl.Int64)
-    at_valid = rows.grouped.order[np.maximum(last_valid, 0)]
+    ts = pl.Series(received.ts).scatter(np.flatnonzero(~received.ts_known), None)
+    at_valid = np.maximum(last_valid, 0)
     per_symbol = pl.DataFrame(
         {
             "_g": np.arange(len(heads)),
             "epoch": rows.epoch[ends],
-            "trading_date": pl.Series(rows.day[ends]).cast(pl.Date),
+            "trading_date": pl.Series(rows.day[ends], dtype=pl.Int32).cast(pl.Date),
             "_batch_max": highest,
             "last_arrival_sequence": rows.seq[ends],
-            "last_arrival_ts": ts.gather(rows.grouped.order[ends]),
-            "_price": pl.select(pl.when(has_valid).then(price.gather(at_valid))).to_series(),
+            "last_arrival_ts": ts.gather(ends),
+            "_price": pl.select(pl.when(has_valid).then(received.price.gather(at_valid))).to_series(),
             "_price_ts": pl.select(pl.when(has_valid).then(ts.gather(at_valid))).to_series(),
         }
     )

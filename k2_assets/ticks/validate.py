@@ -6,7 +6,7 @@ Every raw row ends in exactly one of: validated ticks, quarantine (with reason c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -16,6 +16,7 @@ from k2_assets.ticks.anomaly import flag_grouped
 from k2_assets.ticks.dedup import Keys
 from k2_assets.ticks.kernels import NO_REF
 from k2_assets.ticks.ordering import Grouped, dense_codes
+from k2_assets.ticks.received import GROUP, Received
 from k2_assets.ticks.sessions import exchange_codes, outside_session_mask, trading_dates
 
 # Reason codes written to quarantine.reasons. Stable strings: compliance reports group by them.
@@ -47,7 +48,6 @@ TICK_COLUMNS = [
     "conditions",
 ]
 SOURCE_COLUMNS = ["kafka_topic", "kafka_partition", "kafka_offset"]
-RECEIVED_COLUMNS = ["exchange", "symbol", "sequence", "exchange_ts", "trading_date", "price", "valid", "arrival"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,7 @@ class ValidationResult:
     ticks: pl.DataFrame  # TICK_COLUMNS + SOURCE_COLUMNS, in arrival order
     quarantine: pl.DataFrame  # SOURCE_COLUMNS + TICK_COLUMNS + reasons, detail, raw_value, kafka_key, decode_error
     duplicates: pl.DataFrame  # SOURCE_COLUMNS + duplicate_of ("batch" | "ticks") of rows dropped as duplicates
-    # RECEIVED_COLUMNS (+ _g, a code per exchange+symbol): what the sequence tracker sees, grouped per symbol
-    # (codes ascending), arrival order inside each symbol
-    received: pl.DataFrame = field(default_factory=pl.DataFrame)
+    received: Received  # what the sequence tracker sees
 
     @property
     def quarantined_by_reason(self) -> dict[str, int]:
@@ -350,29 +348,29 @@ def _received(
     kept: np.ndarray,
     valid: np.ndarray,
     groups: pl.DataFrame,
-) -> pl.DataFrame:
+) -> Received:
     """What the sequence tracker sees: every decoded row with a key that is not a duplicate (kept rows, and rows
-    failing a rule that still have a key), valid or not, grouped per symbol in arrival order. Names come from the
-    small group table as categoricals: no string gathered per row."""
+    failing a rule that still have a key), valid or not, grouped per symbol in arrival order. Straight from the
+    grouped arrays; the names of the groups come from the small group table."""
     tracked = keyed_failing | kept
-    group = cols.group[tracked]
-    names = groups.select(pl.col("exchange", "symbol").cast(pl.Categorical))  # row i is group id i
+    codes = cols.group[tracked]
+    starts = np.ones(len(codes), dtype=bool)
+    starts[1:] = codes[1:] != codes[:-1]
+    names = pl.DataFrame({"_g": codes[starts]}).join(groups, on="_g", how="left", maintain_order="left")
     price = pl.Series("price", cols.price[tracked])
     # Only a row failing a rule can lack a price (it stays null): look at those few.
     failing_at = np.flatnonzero(keyed_failing)
     no_price = narrow["price"].is_null().to_numpy()[cols.arrival[failing_at]]
     if no_price.any():
         price = price.scatter(np.searchsorted(np.flatnonzero(tracked), failing_at[no_price]), None)
-    return pl.DataFrame(
-        {
-            "exchange": names["exchange"].gather(group),
-            "symbol": names["symbol"].gather(group),
-            "sequence": cols.seq[tracked],
-            "exchange_ts": cols.ts[tracked],  # set on every tracked row
-            "trading_date": pl.Series(cols.day[tracked]).cast(pl.Date),
-            "price": price,
-            "valid": valid[tracked],
-            "arrival": cols.arrival[tracked],
-            "_g": group,
-        }
+    return Received(
+        names=names.select(GROUP),
+        group=np.cumsum(starts) - 1,
+        seq=cols.seq[tracked],
+        ts=cols.ts[tracked],
+        ts_known=np.ones(len(codes), dtype=bool),  # a tracked row has a key, and exchange_ts is part of it
+        day=cols.day[tracked],
+        price=price,
+        valid=valid[tracked],
+        arrival=cols.arrival[tracked],
     )

@@ -91,7 +91,7 @@ def test_validate_quarantines_anomalies_with_the_reference_in_the_detail() -> No
     assert result.quarantine["kafka_offset"].to_list() == [1]
     assert result.quarantine["detail"][0] == "price 56.25 vs last valid 45.0 (25.0%)"
     assert result.ticks["kafka_offset"].to_list() == [0, 2, 3]
-    assert result.received.filter(~pl.col("valid"))["sequence"].to_list() == [2]
+    assert result.received.frame().filter(~pl.col("valid"))["sequence"].to_list() == [2]
 
 
 def test_interleaved_symbols_with_runs_of_spikes_equal_the_definition_per_symbol() -> None:

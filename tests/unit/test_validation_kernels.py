@@ -14,6 +14,7 @@ from k2_assets.bars.session import outside_session
 from k2_assets.ticks.anomaly import FIRST_SEEN, first_seen_medians
 from k2_assets.ticks.dedup import Keys
 from k2_assets.ticks.ordering import Grouped, dense_codes
+from k2_assets.ticks.received import Received
 from k2_assets.ticks.sequences import track_sequences
 from k2_assets.ticks.sessions import outside_session_mask, trading_dates
 from k2_assets.ticks.validate import validate
@@ -138,6 +139,19 @@ def test_sequence_tracking_does_not_depend_on_how_the_rows_are_ordered() -> None
             assert result.late_arrivals == results[0].late_arrivals
 
 
+def test_the_tracker_gives_the_same_answer_on_validates_arrays_as_on_the_same_rows_as_a_frame() -> None:
+    rng = np.random.default_rng(21)
+    for _ in range(20):
+        rows = received_rows(rng, int(rng.integers(1, 150)))
+        handed = Received.of_frame(rows)  # what validate() hands over: arrays grouped per symbol
+        results = [track_sequences(r, now_us=1, batch_id="b") for r in (handed, handed.frame(), rows)]
+        for result in results[1:]:
+            assert result.opened.equals(results[0].opened)
+            assert result.filled.equals(results[0].filled)
+            assert result.state.equals(results[0].state)
+            assert result.late_arrivals == results[0].late_arrivals
+
+
 def test_validate_hands_the_tracker_rows_grouped_in_arrival_order() -> None:
     n = 12
     raw = pl.DataFrame(
@@ -160,7 +174,7 @@ def test_validate_hands_the_tracker_rows_grouped_in_arrival_order() -> None:
         },
         schema_overrides={"conditions": pl.List(pl.String), "raw_value": pl.Binary, "decode_error": pl.String},
     )
-    received = validate(raw).received.with_columns(pl.col("symbol").cast(pl.String))
+    received = validate(raw).received.frame()
     symbols = received["symbol"].to_list()
     assert symbols in (["BHP"] * 6 + ["CBA"] * 6, ["CBA"] * 6 + ["BHP"] * 6)  # grouped (in group-id order)
     by_symbol = {s: received.filter(pl.col("symbol") == s) for s in ("BHP", "CBA")}
