@@ -177,3 +177,62 @@ def sequence_steps(
             gaps += 1
         above = p
     return gap_at[:gaps], gap_prev[:gaps], below_at[:belows]
+
+
+@_jit
+def _slots(hashes: np.ndarray, mask: int) -> tuple[np.ndarray, np.ndarray]:
+    """An open-addressing table of `mask + 1` slots holding the given distinct hashes: (hash, id) per slot."""
+    slot_hash = np.zeros(mask + 1, dtype=np.int64)
+    slot_id = np.full(mask + 1, -1, dtype=np.int64)
+    for known in range(len(hashes)):
+        slot = hashes[known] & mask
+        while slot_id[slot] >= 0:
+            slot = (slot + 1) & mask
+        slot_hash[slot], slot_id[slot] = hashes[known], known
+    return slot_hash, slot_id
+
+
+@_jit
+def dense_ids(hashes: np.ndarray, check: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Dense ids of values by their 64-bit hashes (int64), in order of first appearance: (id of each row, the first
+    row of each id, exact). Rows not `present` get the id after the last. `check` is a second, independent hash of
+    the same values: a row whose id's first row has another `check` shares a hash with a different value, and
+    `exact` is False (the ids are then unusable). The table stays at most 1/8 full (a batch has a few thousand
+    symbols at most), so almost every row costs one probe, in cache."""
+    n = len(hashes)
+    mask = 4095
+    slot_hash, slot_id = _slots(hashes[:0], mask)
+    distinct = np.empty(n, dtype=np.int64)  # hash of each id
+    firsts = np.empty(n, dtype=np.int64)  # first row of each id
+    ids = np.empty(n, dtype=np.int64)
+    count = 0
+    exact = True
+    for i in range(n):
+        if not present[i]:
+            ids[i] = -1
+            continue
+        h = hashes[i]
+        slot = h & mask
+        while True:
+            known = slot_id[slot]
+            if known < 0:  # a new value
+                if 8 * (count + 1) > mask + 1:
+                    mask = 4 * mask + 3
+                    slot_hash, slot_id = _slots(distinct[:count], mask)
+                    slot = h & mask
+                    while slot_id[slot] >= 0:
+                        slot = (slot + 1) & mask
+                slot_hash[slot], slot_id[slot] = h, count
+                distinct[count], firsts[count] = h, i
+                known = count
+                count += 1
+                break
+            if slot_hash[slot] == h:
+                exact &= check[i] == check[firsts[known]]
+                break
+            slot = (slot + 1) & mask
+        ids[i] = known
+    for i in range(n):
+        if ids[i] < 0:
+            ids[i] = count
+    return ids, firsts[:count], exact

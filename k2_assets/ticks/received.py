@@ -24,12 +24,22 @@ class Received:
     names: pl.DataFrame  # exchange, symbol (strings): row k names group k
     group: np.ndarray  # group number of each row: 0, 0, ..., 1, ... (non-decreasing)
     seq: np.ndarray
-    ts: np.ndarray  # exchange_ts, 0 where unknown
-    ts_known: np.ndarray
     day: np.ndarray  # trading date: days since the epoch (int32)
-    price: pl.Series  # null where the tick had none; read only at valid rows
     valid: np.ndarray
     arrival: np.ndarray  # position of the row in its batch's arrival order
+    # Exchange time and price are read at a few rows per symbol only (resets, each symbol's last tick and last valid
+    # one), so they stay where they are: `source` is each row's position in these two columns.
+    source: np.ndarray
+    source_ts: pl.Series
+    source_price: pl.Series
+
+    def ts_at(self, rows: np.ndarray) -> pl.Series:
+        """exchange_ts of the given rows (null where unknown)."""
+        return self.source_ts.gather(self.source[rows])
+
+    def price_at(self, rows: np.ndarray) -> pl.Series:
+        """price of the given rows (null where the tick had none)."""
+        return self.source_price.gather(self.source[rows])
 
     @property
     def height(self) -> int:
@@ -52,17 +62,16 @@ class Received:
         rows = frame[order]
         starts = np.ones(len(order), dtype=bool)
         starts[1:] = regroup.codes[1:] != regroup.codes[:-1]
-        ts = rows["exchange_ts"].cast(pl.Int64)
         return cls(
             names=rows.select(pl.col(GROUP).cast(pl.String)).filter(pl.Series(starts)),
             group=np.cumsum(starts) - 1,
             seq=rows["sequence"].cast(pl.Int64).to_numpy(),
-            ts=ts.fill_null(0).to_numpy(),
-            ts_known=ts.is_not_null().to_numpy(),
-            day=rows["trading_date"].cast(pl.Int32).to_numpy(),
-            price=rows["price"].cast(pl.Int64),
+            day=rows["trading_date"].cast(pl.Int32).fill_null(0).to_numpy(),
             valid=rows["valid"].fill_null(False).to_numpy(),
             arrival=rows["arrival"].cast(pl.Int64).to_numpy(),
+            source=np.arange(len(order)),
+            source_ts=rows["exchange_ts"].cast(pl.Int64),
+            source_price=rows["price"].cast(pl.Int64),
         )
 
     def frame(self) -> pl.DataFrame:
@@ -73,9 +82,9 @@ class Received:
                 "exchange": names["exchange"],
                 "symbol": names["symbol"],
                 "sequence": self.seq,
-                "exchange_ts": pl.Series(self.ts).scatter(np.flatnonzero(~self.ts_known), None),
+                "exchange_ts": self.ts_at(np.arange(self.height)),
                 "trading_date": pl.Series(self.day, dtype=pl.Int32).cast(pl.Date),
-                "price": self.price,
+                "price": self.price_at(np.arange(self.height)),
                 "valid": self.valid,
                 "arrival": self.arrival,
             }

@@ -133,7 +133,7 @@ def track_sequences(
     if not received.height:
         return SequenceResult(empty_gaps(), empty_gaps(), state, 0)
     starts = received.starts()
-    group, seq, ts, ts_known = received.group, received.seq, received.ts, received.ts_known
+    group, seq = received.group, received.seq
     before = _Before.of(received, state)
 
     # Reset: a drop of more than reset_drop below the previous arrival while the exchange time does not go back.
@@ -143,11 +143,14 @@ def track_sequences(
     reset = prev_known & (seq.astype(np.float64) < prev.astype(np.float64) * (1.0 - reset_drop))
     candidates = np.flatnonzero(reset)  # few: only these need the exchange times
     if len(candidates):
-        prev_ts, prev_ts_known = ts[candidates - 1], ts_known[candidates - 1]
+        ts = received.ts_at(candidates)
+        previous = received.ts_at(np.maximum(candidates - 1, 0))
+        prev_ts = previous.fill_null(0).to_numpy(writable=True)
+        prev_ts_known = previous.is_not_null().to_numpy(writable=True)
         first = starts[candidates]
         prev_ts[first] = before.prev_ts[group[candidates[first]]]
         prev_ts_known[first] = before.prev_ts_known[group[candidates[first]]]
-        reset[candidates] = ts_known[candidates] & prev_ts_known & (ts[candidates] >= prev_ts)
+        reset[candidates] = ts.is_not_null().to_numpy() & prev_ts_known & (ts.fill_null(0).to_numpy() >= prev_ts)
     state_epoch = epoch = before.epoch[group]
     same_epoch: np.ndarray | bool = True
     if reset.any():  # each reset starts a new epoch for the rest of its symbol's rows
@@ -199,7 +202,6 @@ def _next_state(
     valid_at = np.flatnonzero(received.valid)
     last_valid = np.concatenate(([-1], valid_at))[np.searchsorted(valid_at, ends, side="right")]
     has_valid = pl.Series(last_valid >= heads)
-    ts = pl.Series(received.ts).scatter(np.flatnonzero(~received.ts_known), None)
     at_valid = np.maximum(last_valid, 0)
     per_symbol = pl.DataFrame(
         {
@@ -208,9 +210,9 @@ def _next_state(
             "trading_date": pl.Series(rows.day[ends], dtype=pl.Int32).cast(pl.Date),
             "_batch_max": highest,
             "last_arrival_sequence": rows.seq[ends],
-            "last_arrival_ts": ts.gather(ends),
-            "_price": pl.select(pl.when(has_valid).then(received.price.gather(at_valid))).to_series(),
-            "_price_ts": pl.select(pl.when(has_valid).then(ts.gather(at_valid))).to_series(),
+            "last_arrival_ts": received.ts_at(ends),
+            "_price": pl.select(pl.when(has_valid).then(received.price_at(at_valid))).to_series(),
+            "_price_ts": pl.select(pl.when(has_valid).then(received.ts_at(at_valid))).to_series(),
         }
     )
     carried = state.select(

@@ -56,9 +56,10 @@ def exchange_codes(exchange: pl.Series) -> list[str]:
     return [str(c) for c in exchange.unique().to_list() if c is not None]
 
 
-def trading_dates(frame: pl.DataFrame, ts_column: str = "exchange_ts") -> pl.Series:
-    """Trading date of every row: the exchange-local date of `ts_column`, by the row's `exchange`."""
-    codes = exchange_codes(frame["exchange"])
+def trading_dates(frame: pl.DataFrame, ts_column: str = "exchange_ts", *, codes: list[str] | None = None) -> pl.Series:
+    """Trading date of every row: the exchange-local date of `ts_column`, by the row's `exchange` (`codes`: the
+    frame's exchange_codes, when the caller has them)."""
+    codes = exchange_codes(frame["exchange"]) if codes is None else codes
     if len(codes) <= 1:
         return local_dates(frame[ts_column], exchange_tz(codes[0] if codes else None)).alias("trading_date")
     out = pl.Series("trading_date", [None] * frame.height, pl.Date)
@@ -70,11 +71,14 @@ def trading_dates(frame: pl.DataFrame, ts_column: str = "exchange_ts") -> pl.Ser
     return out.alias("trading_date")
 
 
-def outside_session_mask(frame: pl.DataFrame, ts_column: str = "exchange_ts") -> pl.Series:
+def outside_session_mask(
+    frame: pl.DataFrame, ts_column: str = "exchange_ts", *, codes: list[str] | None = None
+) -> pl.Series:
     """True for each row whose `ts_column` is not inside a session of its `exchange` (k2_assets/bars/session.py's
     calendar: non-trading day, before the open, at or after the close, in a break, or an exchange without a
-    calendar). Needs `exchange` and `trading_date` (trading_dates) already on the frame. Null timestamp -> False."""
-    codes = exchange_codes(frame["exchange"])
+    calendar). Needs `exchange` and `trading_date` (trading_dates) already on the frame. Null timestamp -> False.
+    `codes`: the frame's exchange_codes, when the caller has them."""
+    codes = exchange_codes(frame["exchange"]) if codes is None else codes
     out = np.zeros(frame.height, dtype=bool)
     ts = frame[ts_column].cast(pl.Int64)
     for code in codes:

@@ -15,7 +15,7 @@ from k2_assets.bars.session import OUTSIDE_SESSION
 from k2_assets.ticks.anomaly import flag_grouped
 from k2_assets.ticks.dedup import Keys
 from k2_assets.ticks.kernels import NO_REF
-from k2_assets.ticks.ordering import Grouped, dense_codes
+from k2_assets.ticks.ordering import Grouped, group_codes
 from k2_assets.ticks.received import GROUP, Received
 from k2_assets.ticks.sessions import exchange_codes, outside_session_mask, trading_dates
 
@@ -100,26 +100,22 @@ def empty_keys() -> pl.DataFrame:
     )
 
 
-def _group_key(raw: pl.DataFrame) -> pl.Expr:
-    """The categorical id of each row's (exchange, symbol), null without an exchange or a symbol."""
+def _group_key(exchanges: list[str]) -> tuple[pl.Expr, pl.Expr]:
+    """Each row's (exchange, symbol) as one value, and whether the row has both."""
     # One exchange per batch is the rule (a topic per exchange): then the symbol alone is the group.
-    key = pl.col("symbol")
-    if len(exchange_codes(raw["exchange"])) > 1:
-        key = pl.concat_str(["exchange", "symbol"], separator=_SEP)
-    return pl.when(pl.col("exchange").is_not_null()).then(key.cast(pl.Categorical).to_physical())
+    key = pl.col("symbol") if len(exchanges) <= 1 else pl.concat_str(["exchange", "symbol"], separator=_SEP)
+    return key, pl.col("exchange").is_not_null() & pl.col("symbol").is_not_null()
 
 
-def _narrow(raw: pl.DataFrame, derivatives: list[str]) -> tuple[pl.DataFrame, bool]:
+def _narrow(raw: pl.DataFrame, derivatives: list[str], exchanges: list[str]) -> tuple[pl.DataFrame, bool]:
     """The columns the rules need, in arrival order (topic, partition, offset), with `_row` pointing back into `raw`
     and `_g` the group id (dense, rows without a group last); and whether that is raw's own row order (the usual
     case). All the logic runs on this; wide columns (strings, lists, bytes) are gathered once per output at the end.
     """
     derivative = pl.col("symbol").is_in(derivatives).fill_null(False) if derivatives else pl.lit(False)
-    # One select: polars computes its columns in parallel (the categorical ids are the costly one).
     narrow = raw.select(
         pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"),
         "exchange",
-        _group_key(raw).alias("_g"),
         "sequence",
         "exchange_ts",
         "price",
@@ -129,12 +125,12 @@ def _narrow(raw: pl.DataFrame, derivatives: list[str]) -> tuple[pl.DataFrame, bo
         pl.all_horizontal([pl.col(c).is_not_null() for c in [*KEY, "exchange_ts"]]).alias("_keyed"),
         derivative.alias("_derivative"),
     )
-    narrow = narrow.with_columns(pl.Series("_g", dense_codes(narrow["_g"])[0]))
+    narrow = narrow.with_columns(pl.Series("_g", group_codes(raw, *_group_key(exchanges))))
     order = _arrival_order(raw)
     if order is not None:
         narrow = narrow[order]
     narrow = narrow.with_row_index("arrival")
-    return narrow.with_columns(trading_dates(narrow)), order is None
+    return narrow.with_columns(trading_dates(narrow, codes=exchanges)), order is None
 
 
 def _arrival_order(raw: pl.DataFrame) -> pl.Series | None:
@@ -150,7 +146,7 @@ def _arrival_order(raw: pl.DataFrame) -> pl.Series | None:
     return raw.select(pl.arg_sort_by(keys)).to_series()
 
 
-def _rule_verdicts(narrow: pl.DataFrame, rules: Rules, now_us: int | None) -> pl.DataFrame:
+def _rule_verdicts(narrow: pl.DataFrame, rules: Rules, now_us: int | None, exchanges: list[str]) -> pl.DataFrame:
     """One boolean column per row-level rule, named by its reason code; `_failing` (any rule) and `_keyed`
     (failing, but with a key the sequence tracker can use)."""
     decoded, missing = pl.col("_decoded"), pl.col("_missing")
@@ -165,7 +161,9 @@ def _rule_verdicts(narrow: pl.DataFrame, rules: Rules, now_us: int | None) -> pl
             (FUTURE_TIMESTAMP, decoded & (pl.col("exchange_ts") > now_us + rules.future_tolerance_us))
         )
     if now_us is not None and rules.check_session:
-        rules_by_reason.append((OUTSIDE_SESSION, decoded & ~missing & pl.lit(outside_session_mask(narrow))))
+        rules_by_reason.append(
+            (OUTSIDE_SESSION, decoded & ~missing & pl.lit(outside_session_mask(narrow, codes=exchanges)))
+        )
     verdicts = narrow.select(*[cond.fill_null(False).alias(code) for code, cond in rules_by_reason], "_keyed")
     failing = pl.any_horizontal(pl.exclude("_keyed"))
     return verdicts.with_columns(failing.alias("_failing"), (failing & pl.col("_keyed")).alias("_keyed"))
@@ -196,7 +194,6 @@ class _Columns:
     group: np.ndarray  # group id, non-decreasing
     day: np.ndarray
     seq: np.ndarray
-    ts: np.ndarray
     price: np.ndarray
 
     @classmethod
@@ -206,15 +203,14 @@ class _Columns:
         def ints(name: str) -> np.ndarray:
             return narrow[name].cast(pl.Int64).fill_null(0).to_numpy()[at]
 
-        return cls(
-            at,
-            at if in_raw_order else narrow["_row"].to_numpy()[at],
-            rows.codes,
-            narrow["trading_date"].cast(pl.Int32).fill_null(0).to_numpy()[at],
-            ints("sequence"),
-            ints("exchange_ts"),
-            ints("price"),
-        )
+        dates = narrow["trading_date"].cast(pl.Int32)
+        first, last = dates.min(), dates.max()
+        if first is not None and first == last and not dates.has_nulls():  # one trading date: nothing to gather
+            day = np.full(len(at), first, dtype=np.int32)
+        else:
+            day = dates.fill_null(0).to_numpy()[at]
+        row = at if in_raw_order else narrow["_row"].to_numpy()[at]
+        return cls(at, row, rows.codes, day, ints("sequence"), ints("price"))
 
 
 def _key_arrays(keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -255,8 +251,9 @@ def validate(
     """
     rules = rules or Rules(derivative_symbols=derivative_symbols)
     derivatives = list(rules.derivative_symbols | derivative_symbols)
-    narrow, in_raw_order = _narrow(raw, derivatives)
-    failing = _rule_verdicts(narrow, rules, now_us)
+    exchanges = exchange_codes(raw["exchange"])
+    narrow, in_raw_order = _narrow(raw, derivatives, exchanges)
+    failing = _rule_verdicts(narrow, rules, now_us, exchanges)
     failed = narrow.filter(failing["_failing"]).select(
         "_row", "arrival", _reasons(failing.filter("_failing")), pl.lit(None, pl.String).alias("_detail")
     )
@@ -357,20 +354,15 @@ def _received(
     starts = np.ones(len(codes), dtype=bool)
     starts[1:] = codes[1:] != codes[:-1]
     names = pl.DataFrame({"_g": codes[starts]}).join(groups, on="_g", how="left", maintain_order="left")
-    price = pl.Series("price", cols.price[tracked])
-    # Only a row failing a rule can lack a price (it stays null): look at those few.
-    failing_at = np.flatnonzero(keyed_failing)
-    no_price = narrow["price"].is_null().to_numpy()[cols.arrival[failing_at]]
-    if no_price.any():
-        price = price.scatter(np.searchsorted(np.flatnonzero(tracked), failing_at[no_price]), None)
+    arrival = cols.arrival[tracked]
     return Received(
         names=names.select(GROUP),
         group=np.cumsum(starts) - 1,
         seq=cols.seq[tracked],
-        ts=cols.ts[tracked],
-        ts_known=np.ones(len(codes), dtype=bool),  # a tracked row has a key, and exchange_ts is part of it
         day=cols.day[tracked],
-        price=price,
         valid=valid[tracked],
-        arrival=cols.arrival[tracked],
+        arrival=arrival,
+        source=arrival,
+        source_ts=narrow["exchange_ts"],
+        source_price=narrow["price"],
     )
