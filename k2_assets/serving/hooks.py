@@ -10,13 +10,12 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from k2_assets.ticks.planning import ranges_from_config
 from k2_resources.errors import K2Error
-from k2_resources.filters import all_of, any_of, eq, ge, lt
 from k2_resources.iceberg import IcebergResource
 from k2_resources.metrics import FigureStore
+from k2_resources.offset_reads import read_offset_ranges
 
 # Metadata keys (of the ingest assets) that count rows written, and the kind they are recorded as.
 ROW_KEYS = {
@@ -50,23 +49,8 @@ def tick_to_queryable_seconds(iceberg: IcebergResource, ranges: list[dict[str, A
     snap = ticks.snapshot_by_id(snapshot_id)
     if snap is None or not ranges:
         return np.zeros(0)
-    row_filter = any_of(
-        [
-            all_of(
-                eq("kafka_topic", r["topic"]),
-                eq("kafka_partition", int(r["partition"])),
-                ge("kafka_offset", int(r["start"])),
-                lt("kafka_offset", int(r["stop"])),
-            )
-            for r in ranges
-        ]
-    )
-    arrow = iceberg.load("raw_ticks").scan(row_filter=row_filter, selected_fields=("kafka_ts",)).to_arrow()
-    if arrow.num_rows == 0:
-        return np.zeros(0)
-    kafka_us = pc.cast(pc.cast(arrow["kafka_ts"], pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy(
-        zero_copy_only=False
-    )
+    rows = read_offset_ranges(iceberg.load("raw_ticks"), ranges_from_config(ranges), ["kafka_ts"])
+    kafka_us = rows["kafka_ts"].drop_nulls().dt.epoch("us").to_numpy()
     return np.maximum(0.0, (snap.timestamp_ms * 1000 - kafka_us) / 1e6)
 
 

@@ -4,6 +4,7 @@ import functools
 
 import dagster as dg
 
+from k2_assets.ticks import kernels
 from k2_assets.ticks.gate import prewarm_gate
 from k2_assets.ticks.ingest import ingest_raw
 from k2_assets.ticks.planning import plan_ranges, ranges_from_config, ranges_to_config
@@ -57,6 +58,8 @@ def raw_ticks(
             pipeline.tick_topic, kafka.offsets(pipeline.tick_topic), committed, pipeline.max_batch_per_partition
         )
     warm_gate = None
+    if validated_ticks.key in context.job_def.asset_layer.selected_asset_keys:
+        kernels.warm_up()  # validated_ticks runs next in this process: its compiled kernels load while Kafka is read
     if validated_ticks.key in context.job_def.asset_layer.selected_asset_keys and quality.gate_enabled:
         # validated_ticks runs next in this process (ingest_job executes in process). Its GE gate takes seconds to
         # import and set up, in the GE worker process (dq_worker): started once the batch is read and decoded (the

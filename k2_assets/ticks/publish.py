@@ -11,7 +11,6 @@ only dq_results records the failed check, and the audit branch keeps the rejecte
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from k2_assets.ticks.validate import TICK_COLUMNS, UNDECODABLE, Rules, Validatio
 from k2_assets.ticks.wap import StagedBatch, publish, read_staged, stage
 from k2_resources.arrow_util import conform, to_integer_space
 from k2_resources.errors import CommitConflictError
-from k2_resources.filters import all_of, any_of, eq, ge, is_in, lt
+from k2_resources.filters import is_in
 from k2_resources.iceberg import (
     CommitOutcome,
     OffsetRange,
@@ -43,6 +42,7 @@ from k2_resources.iceberg import (
     read_watermarks,
     trim_to_watermarks,
 )
+from k2_resources.offset_reads import in_ranges, ranges_filter
 
 
 @dataclass(frozen=True)
@@ -91,20 +91,6 @@ class PublishResult:
         return self.gate is not None and not self.gate.success
 
 
-def ranges_filter(ranges: Sequence[OffsetRange]) -> BooleanExpression:
-    return any_of(
-        [
-            all_of(
-                eq("kafka_topic", r.topic),
-                eq("kafka_partition", r.partition),
-                ge("kafka_offset", r.start),
-                lt("kafka_offset", r.stop),
-            )
-            for r in ranges
-        ]
-    )
-
-
 def read_raw(raw: Table, ranges: Sequence[OffsetRange]) -> pl.DataFrame:
     """The raw_ticks rows of exactly these offset ranges, in arrival order: the rows raw_ticks handed over in this
     process when they are exactly that (k2_assets.ticks.handover), else files pruned by the ranges, rows cut in
@@ -114,7 +100,7 @@ def read_raw(raw: Table, ranges: Sequence[OffsetRange]) -> pl.DataFrame:
         read = pl.from_arrow(to_integer_space(read_files_matching(raw, ranges_filter(ranges))))
         assert isinstance(read, pl.DataFrame)
         frame = read
-    return arrival_order(_in_ranges(frame, ranges))
+    return arrival_order(in_ranges(frame, ranges))
 
 
 ARRIVAL = ("kafka_topic", "kafka_partition", "kafka_offset")
@@ -156,19 +142,6 @@ def pending_ranges(raw: Table, outputs: Sequence[Table], max_per_partition: int)
         log = {p: (0, hi) for p, hi in parts.items()}
         planned.extend(plan_ranges(topic, log, slowest, max_per_partition))
     return planned
-
-
-def _in_ranges(frame: pl.DataFrame, ranges: Sequence[OffsetRange]) -> pl.DataFrame:
-    keep = functools.reduce(
-        lambda a, b: a | b,
-        [
-            (pl.col("kafka_topic") == r.topic)
-            & (pl.col("kafka_partition") == r.partition)
-            & pl.col("kafka_offset").is_between(r.start, r.stop, closed="left")
-            for r in ranges
-        ],
-    )
-    return frame.filter(keep)
 
 
 def _counts(rows_in: int, validation: ValidationResult, staged: StagedBatch | None) -> BatchCounts:
@@ -251,7 +224,7 @@ def _publish_batch(
     ticks_schema = tables.ticks.schema().as_arrow()
 
     def tick_rows(todo: list[OffsetRange]) -> pa.Table:
-        return conform(_in_ranges(validation.ticks, todo).select(TICK_COLUMNS).to_arrow(), ticks_schema)
+        return conform(in_ranges(validation.ticks, todo).select(TICK_COLUMNS).to_arrow(), ticks_schema)
 
     mark = time.perf_counter()
     staged = stage(tables.ticks, ranges, tick_rows, batch_id=batch_id, extra_properties={"k2.batch-key": key})
@@ -336,7 +309,7 @@ def _quarantine_rows(quarantine: Table, validation: ValidationResult, batch_id: 
     now_us = int(time.time() * 1_000_000)
 
     def build(todo: list[OffsetRange]) -> pa.Table:
-        rows = _in_ranges(validation.quarantine, todo).with_columns(
+        rows = in_ranges(validation.quarantine, todo).with_columns(
             pl.lit(batch_id).alias("batch_id"), pl.lit(now_us, pl.Int64).alias("quarantined_at")
         )
         return conform(rows.to_arrow(), schema)
@@ -358,7 +331,7 @@ def _send_dead_letters(
     todo = [r for r in todo if r.size > 0]
     if not todo:
         return 0
-    letters = _in_ranges(validation.quarantine, todo).filter(pl.col("reasons").list.contains(UNDECODABLE))
+    letters = in_ranges(validation.quarantine, todo).filter(pl.col("reasons").list.contains(UNDECODABLE))
     if "kafka_key" not in letters.columns:
         letters = letters.with_columns(pl.lit(None, pl.String).alias("kafka_key"))
     return sink.send(letters.select(DLQ_COLUMNS), batch_id)
