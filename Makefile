@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(K2_HOME)/dagster
 .PHONY: install demo test test-unit lint dev kafka-start kafka-stop clean bench
 .PHONY: demo-prod demo-prod-stop seaweedfs
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(VENV)/.kernels
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@command -v java >/dev/null || { echo "java is missing: apt-get install -y openjdk-17-jre-headless"; exit 1; }
@@ -17,6 +17,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+# numba's cache of the compiled validation kernels (k2_assets/ticks/warm.py): filled here, so no run compiles.
+$(VENV)/.kernels: $(VENV)/.installed k2_assets/ticks/kernels.py
+	$(BIN)/python -m k2_assets.ticks.warm
 	touch $@
 
 ## Start Kafka, produce a deterministic ASX session, run every asset once, print counts and bars.

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from k2_assets.ticks.kernels import NO_REF, flag_jumps
-from k2_assets.ticks.ordering import Grouped, dense_codes
+from k2_assets.ticks.ordering import Grouped, group_codes
 
 FIRST_SEEN = 11  # prices whose median seeds the reference of a symbol with no carried last price
 _MAX_PRICE = np.iinfo(np.int64).max
@@ -30,9 +30,7 @@ def flag_anomalies(ticks: pl.DataFrame, last_prices: pl.DataFrame | None, thresh
         return pl.DataFrame(schema={"anomaly": pl.Boolean, "reference": pl.Int64})
     on = ["_g"] if "_g" in ticks.columns else ["exchange", "symbol"]
     key = pl.col("_g") if on == ["_g"] else pl.concat_str(on, separator="\x1f", ignore_nulls=True)
-    ids = ticks.select(key.cast(pl.Categorical).to_physical() if on != ["_g"] else key.cast(pl.Int64)).to_series()
-    codes, _ = dense_codes(ids)
-    rows = Grouped.of(codes)
+    rows = Grouped.of(group_codes(ticks, key))
     starts = rows.starts()
     heads = rows.order[starts]  # a row of each group, in group-code order
     carried = np.full(len(heads), NO_REF, dtype=np.int64)

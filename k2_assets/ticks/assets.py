@@ -4,12 +4,12 @@ import functools
 
 import dagster as dg
 
-from k2_assets.ticks import kernels
 from k2_assets.ticks.gate import prewarm_gate
 from k2_assets.ticks.ingest import ingest_raw
 from k2_assets.ticks.planning import plan_ranges, ranges_from_config, ranges_to_config
 from k2_assets.ticks.quality import QualityResource
 from k2_assets.ticks.validated import validated_ticks
+from k2_assets.ticks.warm import warm_kernels_in_background
 from k2_resources import kafka_parallel
 from k2_resources.iceberg import IcebergResource, read_watermarks
 from k2_resources.kafka import KafkaResource
@@ -59,7 +59,7 @@ def raw_ticks(
         )
     warm_gate = None
     if validated_ticks.key in context.job_def.asset_layer.selected_asset_keys:
-        kernels.warm_up()  # validated_ticks runs next in this process: its compiled kernels load while Kafka is read
+        warm_kernels_in_background()  # validated_ticks runs next in this process: its kernels load while Kafka is read
     if validated_ticks.key in context.job_def.asset_layer.selected_asset_keys and quality.gate_enabled:
         # validated_ticks runs next in this process (ingest_job executes in process). Its GE gate takes seconds to
         # import and set up, in the GE worker process (dq_worker): started once the batch is read and decoded (the

@@ -1,15 +1,14 @@
-"""Compiled per-symbol kernels of validation (numba): the steps whose answer for a tick depends on the answers for
-the ticks before it, which whole-column code can only reach by repeated passes or by hashing every key.
+"""Compiled kernels of validation (numba): the steps whose answer for a tick depends on the ticks before it, which
+whole-column code can only reach by repeated passes, sorts or hashing every key.
 
-Every kernel takes the rows grouped per symbol in arrival order (ordering.Grouped) as numpy arrays and makes one
-pass over them with a few scalars of state per symbol. They are compiled once per machine (numba's on-disk cache
-next to this file) and run without the GIL. Plain numpy and polars do everything else; these are the only loops
-over ticks, and they are machine code, not Python.
+Two put a batch in shape: dense ids of the symbols (dense_ids) and the rows grouped per symbol in arrival order
+(group_order). The others take those grouped rows as numpy arrays and make one pass over them with a few scalars of
+state per symbol: duplicates, published keys, price jumps, sequence gaps. They are compiled once per machine
+(numba's on-disk cache next to this file) and run without the GIL. numpy and polars do everything else; these are
+the only loops over ticks, and they are machine code, not Python.
 """
 
 from __future__ import annotations
-
-import threading
 
 import numba
 import numpy as np
@@ -238,27 +237,3 @@ def dense_ids(hashes: np.ndarray, check: np.ndarray, present: np.ndarray) -> tup
         if ids[i] < 0:
             ids[i] = count
     return ids, firsts[:count], exact
-
-
-_warming: threading.Thread | None = None
-
-
-def warm_up() -> None:
-    """Load every kernel (from numba's cache, or compiled when the cache is cold) in a background thread, once per
-    process: the first kernel call of a process costs ~0.3 s, which a step that validates next can spend while it
-    waits on I/O instead."""
-    global _warming
-    if _warming is not None:
-        return
-
-    def load() -> None:
-        ints, days, flags = np.arange(4, dtype=np.int64), np.zeros(4, dtype=np.int32), np.ones(4, dtype=np.bool_)
-        dense_ids(ints, ints, flags)
-        group_order(ints, 4)
-        first_arrivals(ints, days, ints)
-        keys_in(ints, days, ints, ints, ints, days, ints)
-        flag_jumps(ints, flags, ints, 1_000)
-        sequence_steps(ints, ints, ints, flags, ints, ints)
-
-    _warming = threading.Thread(target=load, name="kernels-warm-up", daemon=True)
-    _warming.start()

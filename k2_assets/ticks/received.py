@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from k2_assets.ticks.ordering import Grouped, dense_codes
+from k2_assets.ticks.ordering import Grouped, group_codes
 
 GROUP = ["exchange", "symbol"]
 RECEIVED_COLUMNS = ["exchange", "symbol", "sequence", "exchange_ts", "trading_date", "price", "valid", "arrival"]
@@ -54,8 +54,7 @@ class Received:
     @classmethod
     def of_frame(cls, frame: pl.DataFrame) -> Received:
         """From a frame of RECEIVED_COLUMNS in any row order (rows without an exchange or a symbol: none)."""
-        key = pl.concat_str([pl.col(c).cast(pl.String) for c in GROUP], separator="\x1f")
-        codes = dense_codes(frame.select(key.cast(pl.Categorical).to_physical()).to_series())[0]
+        codes = group_codes(frame, pl.concat_str([pl.col(c).cast(pl.String) for c in GROUP], separator="\x1f"))
         by_arrival = np.argsort(frame["arrival"].cast(pl.Int64).to_numpy(), kind="stable")
         regroup = Grouped.of(codes[by_arrival])
         order = by_arrival[regroup.order]

@@ -1,7 +1,7 @@
-"""The linear-pass kernels behind validate() and track_sequences(), each against a plain definition: dedup by
-running maximum vs. "first arrival of each key", published keys vs. set membership, session bounds by day table vs.
-the bars' session calendar, first-seen medians vs. polars' quantile, and the grouped-row fast path of the
-sequence tracker vs. the same rows in any other order."""
+"""The kernels behind validate() and track_sequences(), each against a plain definition: dedup by record keys vs.
+"first arrival of each key", published keys vs. set membership, group codes vs. numbering keys by first appearance,
+the counting sort vs. numpy's stable sort, session bounds by day table vs. the bars' session calendar, first-seen
+medians vs. polars' quantile, and the tracker on validate()'s arrays vs. the same rows as a frame in any order."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import polars as pl
 from k2_assets.bars.session import outside_session
 from k2_assets.ticks.anomaly import FIRST_SEEN, first_seen_medians
 from k2_assets.ticks.dedup import Keys
-from k2_assets.ticks.ordering import Grouped, dense_codes
+from k2_assets.ticks.kernels import dense_ids
+from k2_assets.ticks.ordering import Grouped, dense_codes, group_codes, stable_group_order
 from k2_assets.ticks.received import Received
 from k2_assets.ticks.sequences import track_sequences
 from k2_assets.ticks.sessions import outside_session_mask, trading_dates
@@ -182,3 +183,27 @@ def test_validate_hands_the_tracker_rows_grouped_in_arrival_order() -> None:
     assert by_symbol["CBA"]["arrival"].to_list() == [0, 2, 4, 6, 8, 10]
     assert by_symbol["BHP"]["valid"].to_list() == [False] * 6
     assert by_symbol["CBA"]["valid"].to_list() == [True] * 6
+
+
+def test_group_codes_number_keys_by_first_appearance_with_rows_without_a_key_last() -> None:
+    rng = np.random.default_rng(31)
+    for n, distinct in ((1, 1), (50, 3), (5_000, 700), (20_000, 9_000)):  # 9,000 keys: the table grows twice
+        keys = pl.Series("k", rng.integers(0, distinct, n).astype(str)).scatter(rng.integers(0, n, n // 20), None)
+        codes = group_codes(pl.DataFrame(keys), pl.col("k"))
+        firsts = keys.drop_nulls().unique(maintain_order=True)
+        expected = keys.replace_strict(firsts, pl.int_range(len(firsts), eager=True), default=len(firsts))
+        assert codes.tolist() == expected.to_list()
+
+
+def test_dense_ids_report_two_values_sharing_a_hash() -> None:
+    hashes = np.array([7, 7, 9], dtype=np.int64)
+    present = np.ones(3, dtype=bool)
+    assert dense_ids(hashes, np.array([1, 1, 2], dtype=np.int64), present)[2]  # the same value twice: exact
+    assert not dense_ids(hashes, np.array([1, 2, 3], dtype=np.int64), present)[2]  # two values, one hash
+
+
+def test_group_order_is_a_stable_sort_of_the_codes() -> None:
+    rng = np.random.default_rng(32)
+    for n in (0, 1, 1_000):
+        codes = rng.integers(0, 40, n)
+        assert stable_group_order(codes).tolist() == np.argsort(codes, kind="stable").tolist()
