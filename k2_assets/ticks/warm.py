@@ -20,21 +20,20 @@ from k2_assets.ticks.validate import validate
 _started: threading.Thread | None = None
 
 
-def tiny_batch() -> pl.DataFrame:
-    """Six raw rows of two symbols: a duplicate, a late tick, a gap and a price jump, so every kernel runs."""
-    n = 6
-    ts = 1_795_561_200_000_000  # an ASX session
+def raw_rows(symbols: list[str], sequences: list[int], prices: list[int], exchange_ts: list[int]) -> pl.DataFrame:
+    """Decoded raw_ticks rows of ASX in arrival order (offsets 0.. of one partition), volume 100, side BUY."""
+    n = len(symbols)
     return pl.DataFrame(
         {
-            "kafka_topic": ["warm"] * n,
+            "kafka_topic": ["market.ticks.asx"] * n,
             "kafka_partition": [0] * n,
             "kafka_offset": list(range(n)),
             "exchange": ["ASX"] * n,
-            "symbol": ["BHP", "CBA", "BHP", "BHP", "BHP", "CBA"],
-            "sequence": [1, 1, 4, 4, 2, 2],
-            "exchange_ts": [ts + i for i in range(n)],
-            "ingest_ts": [ts + i for i in range(n)],
-            "price": [45_000_000, 100_000_000, 45_100_000, 45_100_000, 90_000_000, 100_100_000],
+            "symbol": symbols,
+            "sequence": sequences,
+            "exchange_ts": exchange_ts,
+            "ingest_ts": exchange_ts,
+            "price": prices,
             "volume": [100] * n,
             "trade_id": [str(i) for i in range(n)],
             "side": ["BUY"] * n,
@@ -43,6 +42,18 @@ def tiny_batch() -> pl.DataFrame:
             "raw_value": [None] * n,
         },
         schema_overrides={"conditions": pl.List(pl.String), "raw_value": pl.Binary, "decode_error": pl.String},
+    )
+
+
+def tiny_batch() -> pl.DataFrame:
+    """Six rows of two symbols in an ASX session: a duplicate, a late tick, a gap and a price jump, so every kernel
+    runs."""
+    open_us = 1_795_561_200_000_000
+    return raw_rows(
+        ["BHP", "CBA", "BHP", "BHP", "BHP", "CBA"],
+        [1, 1, 4, 4, 2, 2],
+        [45_000_000, 100_000_000, 45_100_000, 45_100_000, 90_000_000, 100_100_000],
+        [open_us + i for i in range(6)],
     )
 
 

@@ -19,6 +19,7 @@ from k2_assets.ticks.received import Received
 from k2_assets.ticks.sequences import track_sequences
 from k2_assets.ticks.sessions import outside_session_mask, trading_dates
 from k2_assets.ticks.validate import validate
+from k2_assets.ticks.warm import raw_rows
 
 OPEN_US = 1_795_561_200_000_000  # 2026-11-24 23:00 UTC: the ASX open of trading date 2026-11-25
 DAY_US = 86_400_000_000
@@ -155,25 +156,11 @@ def test_the_tracker_gives_the_same_answer_on_validates_arrays_as_on_the_same_ro
 
 def test_validate_hands_the_tracker_rows_grouped_in_arrival_order() -> None:
     n = 12
-    raw = pl.DataFrame(
-        {
-            "kafka_topic": ["t"] * n,
-            "kafka_partition": [0] * n,
-            "kafka_offset": list(range(n)),
-            "exchange": ["ASX"] * n,
-            "symbol": ["CBA", "BHP"] * 6,
-            "sequence": [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6],
-            "exchange_ts": [OPEN_US + i for i in range(n)],
-            "ingest_ts": [OPEN_US + i for i in range(n)],
-            "price": [45_000_000, -1] * 6,  # every BHP row fails a rule: tracked, not valid
-            "volume": [100] * n,
-            "trade_id": [str(i) for i in range(n)],
-            "side": ["BUY"] * n,
-            "conditions": [[] for _ in range(n)],
-            "decode_error": [None] * n,
-            "raw_value": [None] * n,
-        },
-        schema_overrides={"conditions": pl.List(pl.String), "raw_value": pl.Binary, "decode_error": pl.String},
+    raw = raw_rows(
+        ["CBA", "BHP"] * 6,
+        [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6],
+        [45_000_000, -1] * 6,  # every BHP row fails a rule: tracked, not valid
+        [OPEN_US + i for i in range(n)],
     )
     received = validate(raw).received.frame()
     symbols = received["symbol"].to_list()
