@@ -1,8 +1,8 @@
 """Compiled kernels of validation (numba): the steps whose answer for a tick depends on the ticks before it, which
 whole-column code can only reach by repeated passes, sorts or hashing every key.
 
-Two put a batch in shape: dense ids of the symbols (dense_ids) and the rows grouped per symbol in arrival order
-(group_order). The others take those grouped rows as numpy arrays and make one pass over them with a few scalars of
+Three put a batch in shape: whether it is in arrival order already (ascending_pairs), dense ids of the symbols
+(dense_ids) and the rows grouped per symbol in arrival order (group_order). The others take those grouped rows as numpy arrays and make one pass over them with a few scalars of
 state per symbol: duplicates, published keys, price jumps, sequence gaps. They are compiled once per machine
 (numba's on-disk cache next to this file) and run without the GIL. numpy and polars do everything else; these are
 the only loops over ticks, and they are machine code, not Python.
@@ -33,6 +33,15 @@ def group_order(codes: np.ndarray, count: int) -> np.ndarray:
         order[starts[code]] = i
         starts[code] += 1
     return order
+
+
+@_jit
+def ascending_pairs(major: np.ndarray, minor: np.ndarray) -> bool:
+    """The pairs (major, minor) strictly ascend (e.g. a batch already in (partition, offset) order)."""
+    for i in range(1, len(major)):
+        if major[i] < major[i - 1] or (major[i] == major[i - 1] and minor[i] <= minor[i - 1]):
+            return False
+    return True
 
 
 @_jit

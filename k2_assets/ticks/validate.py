@@ -14,7 +14,7 @@ import polars as pl
 from k2_assets.bars.session import OUTSIDE_SESSION
 from k2_assets.ticks.anomaly import flag_grouped
 from k2_assets.ticks.dedup import Keys
-from k2_assets.ticks.kernels import NO_REF
+from k2_assets.ticks.kernels import NO_REF, ascending_pairs
 from k2_assets.ticks.ordering import Grouped, group_codes
 from k2_assets.ticks.received import GROUP, Received
 from k2_assets.ticks.sessions import exchange_codes, outside_session_mask, trading_dates
@@ -138,11 +138,8 @@ def _arrival_order(raw: pl.DataFrame) -> pl.Series | None:
     case: raw_ticks is written and read in that order). Integer keys only when the batch has one topic."""
     one_topic = raw.is_empty() or (raw["kafka_topic"] == raw["kafka_topic"][0]).all()
     keys = SOURCE_COLUMNS[1:] if one_topic else SOURCE_COLUMNS
-    if one_topic:
-        partition, offset = pl.col("kafka_partition"), pl.col("kafka_offset")
-        step = (partition.diff() > 0) | ((partition.diff() == 0) & (offset.diff() > 0))
-        if raw.select(step.fill_null(True).all()).item():
-            return None
+    if one_topic and ascending_pairs(raw["kafka_partition"].to_numpy(), raw["kafka_offset"].to_numpy()):
+        return None
     return raw.select(pl.arg_sort_by(keys)).to_series()
 
 
