@@ -32,7 +32,10 @@ def ranges_filter(ranges: Sequence[OffsetRange]) -> BooleanExpression:
 
 
 def in_ranges(frame: pl.DataFrame, ranges: Sequence[OffsetRange]) -> pl.DataFrame:
-    """The rows of `frame` inside these ranges."""
+    """The rows of `frame` inside these ranges: `frame` itself when that is every row (the usual case: a batch's
+    rows cut to its own ranges), no copy of its columns."""
+    if not ranges:
+        return frame.clear()
     keep = functools.reduce(
         lambda a, b: a | b,
         [
@@ -42,7 +45,8 @@ def in_ranges(frame: pl.DataFrame, ranges: Sequence[OffsetRange]) -> pl.DataFram
             for r in ranges
         ],
     )
-    return frame.filter(keep)
+    mask = frame.select(keep.alias("keep")).to_series()
+    return frame if mask.all() else frame.filter(mask)
 
 
 def read_offset_ranges(
