@@ -81,6 +81,21 @@ def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
     return spans
 
 
+def validated_steps(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, float]:
+    """validated_ticks' own timings (read, validate, stage, gate, commit: its `seconds_by_step` metadata), summed
+    over the runs."""
+    out: dict[str, float] = {}
+    for run_id in run_ids:
+        for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+            materialization = record.asset_materialization
+            if materialization is None or materialization.asset_key != dg.AssetKey("validated_ticks"):
+                continue
+            steps = materialization.metadata.get("seconds_by_step")
+            for step, seconds in (getattr(steps, "data", None) or {}).items():
+                out[step] = out.get(step, 0.0) + float(seconds)
+    return out
+
+
 def rate(n: int, seconds: float) -> str:
     return f"{n / seconds:,.0f}" if seconds > 0 else "-"
 
@@ -99,6 +114,8 @@ def throughput(settings: Settings, ticks: int, instance: dg.DagsterInstance) -> 
             spans[step] = spans.get(step, 0.0) + seconds
     ordered = sorted(spans, key=lambda step: (step not in STAGES, list(STAGES).index(step) if step in STAGES else 0))
     rows += [(STAGES.get(step, f"step {step}"), ticks, spans[step]) for step in ordered]
+    inner = validated_steps(instance, list(summary.run_ids))
+    rows += [(f"validated_ticks: {step}", ticks, seconds) for step, seconds in inner.items()]
     rows.append((f"end to end: Kafka -> bars queryable ({summary.batches} job run(s), `k2 run`)", ticks, wall))
     return rows
 
