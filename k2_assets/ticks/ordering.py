@@ -46,10 +46,9 @@ def stable_group_order(codes: pl.Series | np.ndarray) -> np.ndarray:
 
 def group_codes(frame: pl.DataFrame, key: pl.Expr, present: pl.Expr | None = None) -> np.ndarray:
     """Dense code of each row's `key` where `present` (default: the key is not null), numbered by first appearance;
-    other rows get the code after the last. From
-    a 64-bit hash of each key and one compiled pass (~4x cheaper than categorical codes of a million strings); a
-    second, independent hash proves that no two keys shared the first. On such a collision (odds ~1e-13 per batch)
-    the codes come from categorical ids instead."""
+    other rows get the code after the last. From a 64-bit hash of each key and one compiled pass (~4x cheaper than
+    categorical codes of a million strings); a second, independent hash proves that no two keys shared the first.
+    On such a collision (odds ~1e-13 per batch) the codes come from categorical ids instead."""
     if frame.is_empty():
         return np.zeros(0, dtype=np.int64)
     present = key.is_not_null() if present is None else present
@@ -66,7 +65,7 @@ def group_codes(frame: pl.DataFrame, key: pl.Expr, present: pl.Expr | None = Non
 def dense_codes(ids: pl.Series) -> tuple[np.ndarray, int]:
     """Non-negative integer ids (e.g. categorical physicals, which can be large: the string cache is process-wide)
     renumbered 0..k-1 in id order, nulls last as k: (codes as int64, k). Small codes keep `stable_group_order` on
-    its radix path."""
+    its counting sort."""
     if ids.is_empty():
         return np.zeros(0, dtype=np.int64), 0
     top = ids.max()
@@ -87,23 +86,11 @@ class Grouped:
 
     order: np.ndarray  # position (in the input) of each grouped row
     codes: np.ndarray  # group code of each grouped row, non-decreasing
-    identity: bool = False  # the input was grouped already: order is 0..n-1
 
     @classmethod
     def of(cls, codes: np.ndarray) -> Grouped:
         order = stable_group_order(codes)
         return cls(order, codes[order])
-
-    @classmethod
-    def already(cls, codes: np.ndarray) -> Grouped | None:
-        """The identity order when `codes` is already grouped (non-decreasing), else None."""
-        if len(codes) > 1 and bool((codes[1:] < codes[:-1]).any()):
-            return None
-        return cls(np.arange(len(codes)), codes, identity=True)
-
-    def take(self, values: np.ndarray) -> np.ndarray:
-        """values (one per input row) in grouped order; no copy when the input was grouped already."""
-        return values if self.identity else values[self.order]
 
     def starts(self) -> np.ndarray:
         """True at the first row of each group."""
