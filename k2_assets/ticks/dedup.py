@@ -3,7 +3,7 @@ Grouped): inside the batch (keep the first arrival) and against keys an earlier 
 
 Hashing a million keys costs ~60 ms. Feeds deliver each symbol's sequences mostly ascending, so one compiled pass
 that keeps each symbol's record key proves almost every row a first arrival by a single comparison
-(kernels.first_arrivals); published keys are found by binary search among the few a symbol has (kernels.keys_in).
+(kernels.first_arrivals); published keys are merged with each symbol's rows, both sorted (kernels.keys_in).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class Keys:
         return first
 
     def published_before(self, at: np.ndarray, seen: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-        """For the rows at positions `at` (ascending): True where the key is one of `seen` (group, day, sequence arrays of keys
-        already published, any order)."""
+        """For the rows at positions `at` (ascending): True where the key is one of `seen` (group, day, sequence
+        arrays of keys already published, any order)."""
         if not len(at) or not len(seen[0]):
             return np.zeros(len(at), dtype=bool)
         group, day, seq = (
